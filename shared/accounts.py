@@ -1,0 +1,239 @@
+"""The account pool's registry in Redis: configuration, cookie, health and cached usage.
+
+Settings seed the registry; the admin API changes it at run time; workers read it before every
+choice, so a change takes effect without a restart. Cookies are stored here because every worker
+needs the current one, and are never part of a view, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.settings import AccountConfig, normalize_cookie
+
+
+class AccountState(StrEnum):
+    ACTIVE = "active"
+    EXPIRED = "expired"  # the upstream answered 401: needs a new cookie from an operator
+    SPENT = "spent"  # the monthly capacity is used up
+    DISABLED = "disabled"  # an operator took it out of the pool
+
+
+class AccountExists(Exception):
+    pass
+
+
+class UnknownAccount(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account as a worker uses it, cookie included."""
+
+    name: str
+    cookie: str
+    base_url: str
+    max_concurrency: int
+    max_queue: int | None
+    state: AccountState
+    state_reason: str
+    state_at: float | None
+    available: int | None  # None until the first usage refresh
+    capacity: int | None
+    consumed: int | None
+    breaker_until: float
+    usage: dict[str, Any] | None
+
+    @property
+    def breaker_open(self) -> bool:
+        return self.breaker_until > time.time()
+
+    @property
+    def usable(self) -> bool:
+        return self.state == AccountState.ACTIVE and not self.breaker_open
+
+
+class AccountView(BaseModel):
+    """An account as the admin API shows it: never the cookie."""
+
+    name: str
+    state: str
+    state_reason: str | None
+    state_at: float | None
+    base_url: str
+    limit: int
+    max_queue: int | None
+    in_flight: int
+    available: int | None
+    capacity: int | None
+    consumed: int | None
+    breaker_open: bool
+
+
+def _config_hash(config: AccountConfig) -> str:
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+class AccountRegistry:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def sync_from_settings(self, configs: list[AccountConfig]) -> None:
+        """Add configured accounts; re-apply one whose configuration changed since last start.
+
+        Runtime changes (a cookie rotated by Set-Cookie, an admin's edit) survive restarts as
+        long as the operator leaves that account's settings alone.
+        """
+        for config in configs:
+            stored = await self.redis.hget(keys.account(config.name), "config_hash")
+            digest = _config_hash(config)
+            if stored == digest:
+                continue
+            await self._write_config(config, digest)
+
+    async def add(self, config: AccountConfig) -> None:
+        if await self.redis.sismember(keys.ACCOUNTS, config.name):
+            raise AccountExists(config.name)
+        await self._write_config(config, "admin")
+
+    async def _write_config(self, config: AccountConfig, config_hash: str) -> None:
+        mapping = {
+            "name": config.name,
+            "cookie": normalize_cookie(config.cookie),
+            "base_url": (config.base_url or "").rstrip("/"),
+            "max_concurrency": config.max_concurrency,
+            "max_queue": "" if config.max_queue is None else config.max_queue,
+            "state": AccountState.ACTIVE.value,
+            "state_reason": "",
+            "state_at": time.time(),
+            "breaker_until": 0,
+            "failures": 0,
+            "config_hash": config_hash,
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.account(config.name), mapping=mapping)
+            pipe.sadd(keys.ACCOUNTS, config.name)
+            pipe.lpush(keys.WAKE, "1")
+            await pipe.execute()
+
+    async def update(
+        self,
+        name: str,
+        *,
+        enabled: bool | None = None,
+        cookie: str | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int | None = None,
+        clear_max_queue: bool = False,
+    ) -> None:
+        """An operator's change. A new cookie revives an expired account; enabling a disabled one."""
+        account = await self.get(name)
+        mapping: dict[str, Any] = {}
+        if cookie is not None:
+            mapping["cookie"] = normalize_cookie(cookie)
+            if account.state == AccountState.EXPIRED:
+                mapping.update(state=AccountState.ACTIVE.value, state_reason="", state_at=time.time())
+        if max_concurrency is not None:
+            mapping["max_concurrency"] = max_concurrency
+        if max_queue is not None or clear_max_queue:
+            mapping["max_queue"] = "" if max_queue is None else max_queue
+        if enabled is False:
+            mapping.update(state=AccountState.DISABLED.value, state_reason="disabled by an operator")
+            mapping["state_at"] = time.time()
+        elif enabled is True and account.state == AccountState.DISABLED:
+            mapping.update(state=AccountState.ACTIVE.value, state_reason="", state_at=time.time())
+        if mapping:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.account(name), mapping=mapping)
+                pipe.lpush(keys.WAKE, "1")
+                await pipe.execute()
+
+    async def names(self) -> list[str]:
+        return sorted(await self.redis.smembers(keys.ACCOUNTS))
+
+    async def get(self, name: str) -> Account:
+        fields = await self.redis.hgetall(keys.account(name))
+        if not fields:
+            raise UnknownAccount(name)
+        return self._account(fields)
+
+    async def all(self) -> list[Account]:
+        names = await self.names()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(keys.account(name))
+            rows = await pipe.execute()
+        return [self._account(fields) for fields in rows if fields]
+
+    @staticmethod
+    def _account(fields: dict[str, str]) -> Account:
+        usage = fields.get("usage")
+        return Account(
+            name=fields["name"],
+            cookie=fields.get("cookie", ""),
+            base_url=fields.get("base_url", ""),
+            max_concurrency=int(fields.get("max_concurrency", 3)),
+            max_queue=_int_or_none(fields.get("max_queue")),
+            state=AccountState(fields.get("state", AccountState.ACTIVE.value)),
+            state_reason=fields.get("state_reason", ""),
+            state_at=float(fields["state_at"]) if fields.get("state_at") else None,
+            available=_int_or_none(fields.get("available")),
+            capacity=_int_or_none(fields.get("capacity")),
+            consumed=_int_or_none(fields.get("consumed")),
+            breaker_until=float(fields.get("breaker_until") or 0) / 1000,
+            usage=json.loads(usage) if usage else None,
+        )
+
+    async def in_flight(self, names: list[str]) -> dict[str, int]:
+        """Live leases per account (expired ones are not counted, whether or not swept yet)."""
+        now_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcount(keys.leases(name), now_ms, "+inf")
+            counts = await pipe.execute()
+        return {name: int(count) for name, count in zip(names, counts, strict=True)}
+
+    async def views(self) -> list[AccountView]:
+        accounts = await self.all()
+        flights = await self.in_flight([account.name for account in accounts])
+        return [
+            AccountView(
+                name=account.name,
+                state=account.state.value,
+                state_reason=account.state_reason or None,
+                state_at=account.state_at,
+                base_url=account.base_url,
+                limit=account.max_concurrency,
+                max_queue=account.max_queue,
+                in_flight=flights[account.name],
+                available=account.available,
+                capacity=account.capacity,
+                consumed=account.consumed,
+                breaker_open=account.breaker_open,
+            )
+            for account in accounts
+        ]
+
+    async def set_cookie(self, name: str, cookie: str) -> None:
+        """Keep the session current with whatever the upstream's Set-Cookie rotated."""
+        await self.redis.hset(keys.account(name), "cookie", cookie)
+
+    async def mark(self, name: str, state: AccountState, reason: str) -> None:
+        await self.redis.hset(
+            keys.account(name),
+            mapping={"state": state.value, "state_reason": reason, "state_at": time.time()},
+        )

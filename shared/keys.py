@@ -1,0 +1,112 @@
+"""Every Redis key, queue name and lock name the project uses, on one screen.
+
+Records and indexes:
+    gen:{id}                 string  JSON GenerationRecord; expires after the retention period
+    owner:{owner}:gens       zset    gen id -> created_at ms; one key holder's list, newest last
+    upstream:{upstream_id}   string  gen id that owns this upstream generation (adoption guard)
+    upload:{id}              string  the uploaded bytes, until a worker has put them upstream
+    upload-account:{hash}    string  account that holds an uploaded image (by public_url hash)
+
+Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
+    wait:owners              zset    owner -> turn; the owner with the lowest turn is served next
+    wait:{owner}             zset    gen id -> sequence; one owner's waiting generations, FIFO
+    wait:pin                 hash    gen id -> account that should run it (image uploaded there)
+    wait:all                 zset    every waiting gen id -> sequence; its size is the queue depth
+    wait:seq / wait:turn     string  counters behind the two zsets above
+    wake                     list    tokens that wake a dispatcher: new work or a freed slot
+    accounts                 set     account names
+    account:{name}           hash    config, cookie, state, usage cache
+    account:{name}:leases    zset    gen id -> lease expiry ms; one entry per slot in use
+    account:{name}:submitting set    gen ids claimed on this account but not yet created upstream
+    account:{name}:running   zset    gen id -> upstream created ms; generations to poll
+    account:{name}:poll      string  lock: the worker that polls this account this tick
+    stats:gen-seconds        string  measured recent generation time (EWMA), for estimates
+    fence                    string  fencing token counter for create intents
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "lq:"
+
+# arq's own queue; jobs are named submit:{gen id} and upload:{upload id} so re-enqueues dedupe.
+ARQ_QUEUE = "lq:arq:queue"
+
+WAIT_OWNERS = PREFIX + "wait:owners"
+WAIT_PIN = PREFIX + "wait:pin"
+WAIT_ALL = PREFIX + "wait:all"
+WAIT_SEQ = PREFIX + "wait:seq"
+WAIT_TURN = PREFIX + "wait:turn"
+WAKE = PREFIX + "wake"
+ACCOUNTS = PREFIX + "accounts"
+GEN_SECONDS = PREFIX + "stats:gen-seconds"
+FENCE = PREFIX + "fence"
+SWEEP_LOCK = PREFIX + "lock:sweep"
+
+
+def generation(gen_id: str) -> str:
+    return f"{PREFIX}gen:{gen_id}"
+
+
+def owner_index(owner: str) -> str:
+    return f"{PREFIX}owner:{owner}:gens"
+
+
+def upstream(upstream_id: str) -> str:
+    return f"{PREFIX}upstream:{upstream_id}"
+
+
+def upload_bytes(upload_id: str) -> str:
+    return f"{PREFIX}upload:{upload_id}"
+
+
+def upload_account(public_url: str) -> str:
+    digest = hashlib.sha256(public_url.encode()).hexdigest()[:32]
+    return f"{PREFIX}upload-account:{digest}"
+
+
+def wait_queue(owner: str) -> str:
+    return f"{PREFIX}wait:{owner}"
+
+
+def account(name: str) -> str:
+    return f"{PREFIX}account:{name}"
+
+
+def leases(name: str) -> str:
+    return f"{PREFIX}account:{name}:leases"
+
+
+def submitting(name: str) -> str:
+    return f"{PREFIX}account:{name}:submitting"
+
+
+def running(name: str) -> str:
+    return f"{PREFIX}account:{name}:running"
+
+
+def poll_lock(name: str) -> str:
+    return f"{PREFIX}account:{name}:poll"
+
+
+def usage_lock(name: str) -> str:
+    return f"{PREFIX}account:{name}:usage-lock"
+
+
+def heartbeat_lock(name: str) -> str:
+    return f"{PREFIX}account:{name}:heartbeat-lock"
+
+
+def submit_job_id(gen_id: str) -> str:
+    return f"submit:{gen_id}"
+
+
+def upload_job_id(upload_id: str) -> str:
+    return f"upload:{upload_id}"
+
+
+# Uploaded bytes wait this long for a worker; the api gives up well before.
+UPLOAD_BYTES_TTL_SECONDS = 600
+# Which image an upload's public_url names is kept as long as Luma keeps presigned URLs useful.
+UPLOAD_ACCOUNT_TTL_SECONDS = 30 * 86400

@@ -1,0 +1,183 @@
+"""Pydantic models that cross a boundary: caller requests, stored records, what callers see."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+State = Literal["pending", "processing", "completed", "failed"]
+TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed"})
+
+
+class Phase(StrEnum):
+    """Where a generation is in our pipeline; callers see `state`, operators see this too."""
+
+    WAITING = "waiting"  # in its owner's wait queue, holds nothing
+    SUBMITTING = "submitting"  # holds a lease on `account`, the create is being made
+    RUNNING = "running"  # created upstream (`upstream_id` set), polled until terminal
+    DONE = "done"  # terminal: `state` is completed or failed
+
+
+class FailureReason(StrEnum):
+    """Machine-readable reasons a generation ended `failed`; the message says more."""
+
+    UPSTREAM_FAILED = "upstream_failed"
+    UPSTREAM_REJECTED = "upstream_rejected"
+    INDETERMINATE_CREATE = "indeterminate_create"
+    UPSTREAM_PENDING_TIMEOUT = "upstream_pending_timeout"
+    UPSTREAM_SILENT = "upstream_silent"
+    COMPLETED_WITHOUT_VIDEO = "completed_without_video"
+    NO_ACCOUNT = "no_account"
+
+
+def utc_iso(ts: float | None = None) -> str:
+    """Timestamps in the upstream's own format: `2024-06-20T06:02:26.278000Z`."""
+    moment = datetime.fromtimestamp(time.time() if ts is None else ts, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.startswith(("http://", "https://")) or len(value) > 2048 or " " in value:
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+class CreateRequest(BaseModel):
+    """The body of POST /api/generations/create: the seed's fields plus the upstream's options."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    prompt: str = Field(min_length=1, max_length=5000)
+    image: str | None = None
+    image_end: str | None = None
+    aspect_ratio: str = Field(default="16:9", pattern=r"^\d{1,2}:\d{1,2}$")
+    expand_prompt: bool = True
+    loop: bool | None = None
+
+    @field_validator("image", "image_end")
+    @classmethod
+    def _urls(cls, value: str | None) -> str | None:
+        return _http_url(value or None)
+
+
+class Intent(BaseModel):
+    """Written (and made durable) before the paid upstream call; see worker/submit.py."""
+
+    fence: int
+    account: str
+    at: float
+
+
+class GenerationRecord(BaseModel):
+    """One generation as stored in Redis: what the caller asked for and everything we learned."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    owner: str
+    prompt: str
+    aspect_ratio: str = "16:9"
+    expand_prompt: bool = True
+    loop: bool | None = None
+    image: str | None = None
+    image_end: str | None = None
+    created_at: str
+    created_ts: float
+
+    state: State = "pending"
+    phase: Phase = Phase.WAITING
+    failure_reason: str | None = None
+    failure_message: str | None = None
+
+    account: str | None = None
+    upstream_id: str | None = None
+    upstream: dict[str, Any] | None = None  # the last upstream object, verbatim
+    intent: Intent | None = None
+
+    dispatch_seq: int | None = None  # global order in which generations left the queue
+    started_ts: float | None = None  # took a slot
+    submitted_ts: float | None = None  # created upstream
+    finished_ts: float | None = None
+    observed_ts: float | None = None  # the upstream last answered about it
+    completed_without_video_ts: float | None = None
+    submit_attempts: int = 0
+
+    @classmethod
+    def new(cls, owner: str, request: CreateRequest) -> GenerationRecord:
+        now = time.time()
+        return cls(
+            id=new_id(),
+            owner=owner,
+            created_at=utc_iso(now),
+            created_ts=now,
+            **request.model_dump(),
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def upstream_body(self) -> dict[str, Any]:
+        """The create body of UPSTREAM.md §1 for this generation."""
+        body: dict[str, Any] = {
+            "user_prompt": self.prompt,
+            "aspect_ratio": self.aspect_ratio,
+            "expand_prompt": self.expand_prompt,
+        }
+        if self.image:
+            body["image_url"] = self.image
+        if self.image_end:
+            body["image_end_url"] = self.image_end
+        if self.loop is not None:
+            body["loop"] = self.loop
+        return body
+
+    def view(
+        self, *, queue_position: int | None = None, estimate_wait_seconds: float | None = None
+    ) -> dict[str, Any]:
+        """The seed-shaped generation a caller sees: upstream fields, then ours on top.
+
+        Unknown upstream fields (thumbnail, last_frame, ...) pass through untouched; `id` is
+        always ours, because the caller had it before the upstream did.
+        """
+        shown: dict[str, Any] = dict(self.upstream or {})
+        shown.update(
+            id=self.id,
+            prompt=self.prompt,
+            state=self.state,
+            created_at=self.created_at,
+            video=shown.get("video") if self.state == "completed" else None,
+            liked=shown.get("liked"),
+            estimate_wait_seconds=estimate_wait_seconds,
+            queue_position=queue_position,
+            failure_reason=self.failure_reason,
+            failure_message=self.failure_message,
+            aspect_ratio=self.aspect_ratio,
+            image=self.image,
+            image_end=self.image_end,
+            upstream_id=self.upstream_id,
+        )
+        return shown
+
+
+class UploadResult(BaseModel):
+    """What an upload job hands back to the api: the seed's upload shape, or an error."""
+
+    id: str | None = None
+    presigned_url: str | None = None
+    public_url: str | None = None
+    account: str | None = None
+    error: str | None = None
+    error_code: str | None = None

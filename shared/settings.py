@@ -1,0 +1,127 @@
+"""Settings, read once per process from the environment (and an optional `.env`) and passed down."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LUMA_WEB_API = "https://internal-api.virginia.labs.lumalabs.ai"
+
+
+class AccountConfig(BaseModel):
+    """One Luma account as an operator configures it: a logged-in browser session's cookie."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    cookie: str = Field(min_length=1, repr=False)
+    base_url: str | None = None
+    max_concurrency: int = Field(default=3, ge=1, le=100)
+    # How many generations may wait in the pool's queue on this account's behalf; None = no
+    # limit of its own (the pool's MAX_QUEUE_DEPTH still holds).
+    max_queue: int | None = Field(default=None, ge=0)
+
+
+def normalize_cookie(raw: str) -> str:
+    """A bare token is the older accounts' `access_token`; anything with `=` is a cookie string."""
+    raw = raw.strip()
+    return raw if "=" in raw else f"access_token={raw}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    # Callers' keys, comma separated; each key is one key holder. Empty: the api runs open.
+    secret_key: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    # The operator's key for /api/admin/*; empty disables the admin API.
+    admin_key: str = Field(default="", repr=False)
+
+    # Upstream accounts: ACCESS_TOKEN is the seed's single account, LUMA_ACCOUNTS a JSON list.
+    access_token: str = Field(default="", repr=False)
+    luma_accounts: list[AccountConfig] = Field(default_factory=list)
+    luma_base_url: str = LUMA_WEB_API
+    default_max_concurrency: int = Field(default=3, ge=1)
+
+    # Polling: an account's generation list is read at most every poll_min_interval and at
+    # least every poll_interval; in between, a poll is due when a generation is expected to end.
+    poll_interval_seconds: float = Field(default=3.0, gt=0)
+    poll_min_interval_seconds: float = Field(default=0.5, gt=0)
+    poll_list_limit: int = Field(default=50, ge=1, le=100)
+    usage_refresh_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=20.0, gt=0)
+    # A lease outlives its holder by this long; holders renew it well before.
+    lease_ttl_seconds: float = Field(default=60.0, gt=0)
+    # Once an intent to create is written the slot stays taken until the create is reconciled.
+    intent_lease_seconds: float = Field(default=600.0, gt=0)
+    dispatch_idle_seconds: float = Field(default=1.0, gt=0)
+    sweep_interval_seconds: float = Field(default=10.0, gt=0)
+
+    upstream_timeout_seconds: float = Field(default=30.0, gt=0)
+    upstream_retry_attempts: int = Field(default=5, ge=1)
+    upstream_retry_base_seconds: float = Field(default=0.5, ge=0)
+    upstream_retry_max_seconds: float = Field(default=20.0, ge=0)
+    upstream_retry_budget_seconds: float = Field(default=60.0, gt=0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_open_seconds: float = Field(default=30.0, gt=0)
+
+    # Deadlines after which a generation fails with an explicit reason instead of waiting forever.
+    upstream_pending_deadline_seconds: float = Field(default=3600.0, gt=0)
+    upstream_silence_deadline_seconds: float = Field(default=900.0, gt=0)
+    missing_video_deadline_seconds: float = Field(default=300.0, gt=0)
+    submit_job_timeout_seconds: float = Field(default=120.0, gt=0)
+
+    upload_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    upload_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    max_queue_depth: int = Field(default=10_000, ge=1)
+    list_max_limit: int = Field(default=100, ge=1)
+    record_retention_days: float = Field(default=30.0, gt=0)
+    # Until a generation time has been measured, estimates assume this.
+    default_generation_seconds: float = Field(default=120.0, gt=0)
+
+    worker_max_jobs: int = Field(default=50, ge=1)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+    log_level: str = "INFO"
+    log_json: bool | None = None  # None: JSON when stdout is not a terminal
+
+    # Test-only: the name of a point in the submit path where the worker kills itself (SIGKILL),
+    # so fault-injection tests can reproduce a crash at exactly that point.
+    fault_point: str = ""
+
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    def accounts(self) -> list[AccountConfig]:
+        """Every configured account, ACCESS_TOKEN first as the seed's `default` account."""
+        configured: list[AccountConfig] = []
+        if self.access_token:
+            configured.append(
+                AccountConfig(
+                    name="default",
+                    cookie=self.access_token,
+                    max_concurrency=self.default_max_concurrency,
+                )
+            )
+        configured.extend(self.luma_accounts)
+        return [
+            account.model_copy(
+                update={
+                    "cookie": normalize_cookie(account.cookie),
+                    "base_url": (account.base_url or self.luma_base_url).rstrip("/"),
+                }
+            )
+            for account in configured
+        ]
+
+    @property
+    def record_retention_seconds(self) -> int:
+        return int(self.record_retention_days * 86400)
