@@ -22,6 +22,7 @@ Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     account:{name}:poll      string  lock: the worker that polls this account this tick
     stats:gen-seconds        string  measured recent generation time (EWMA), for estimates
     fence                    string  fencing token counter for create intents
+    dispatch:seq             string  counts claims: the global order in which generations start
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ WAKE = PREFIX + "wake"
 ACCOUNTS = PREFIX + "accounts"
 GEN_SECONDS = PREFIX + "stats:gen-seconds"
 FENCE = PREFIX + "fence"
+DISPATCH_SEQ = PREFIX + "dispatch:seq"
 SWEEP_LOCK = PREFIX + "lock:sweep"
 
 

@@ -111,6 +111,7 @@ class GenerationRecord(BaseModel):
     submitted_ts: float | None = None  # created upstream
     finished_ts: float | None = None
     observed_ts: float | None = None  # the upstream last answered about it
+    last_live_ts: float | None = None  # the last reading that showed it not yet ended
     completed_without_video_ts: float | None = None
     submit_attempts: int = 0
 

@@ -1,0 +1,164 @@
+"""The worker process: arq jobs (submit, upload) plus the dispatcher, poller and upkeep loops."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import sys
+import time
+from typing import Any
+
+import structlog
+from arq import Worker, func
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared import keys
+from shared.accounts import AccountRegistry
+from shared.logs import configure_logging
+from shared.queue import SUBMIT_JOB, UPLOAD_JOB, deserialize_job, redis_settings, serialize_job
+from shared.settings import Settings
+from shared.store import GenerationStore
+from worker.context import Deps, deps_of
+from worker.dispatcher import run_dispatcher
+from worker.luma import create_session
+from worker.maintenance import run_upkeep
+from worker.poller import run_poller
+from worker.scheduler import Scheduler
+from worker.submit import release_unused_leases, submit
+from worker.uploads import upload
+
+log = structlog.get_logger(__name__)
+
+NO_ACCOUNT_MESSAGE = (
+    "No Luma account is configured. Set ACCESS_TOKEN (one account's cookie) or LUMA_ACCOUNTS "
+    '(a JSON list like [{"name": "main", "cookie": "access_token=..."}]), add one through the admin '
+    "API, or run `luma-queue dev` to work against the bundled simulator."
+)
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: Settings = ctx["settings"]
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    registry = AccountRegistry(redis)
+    await registry.sync_from_settings(settings.accounts())
+    deps = Deps(
+        settings=settings,
+        redis=redis,
+        arq=ctx["redis"],
+        session=create_session(),
+        store=GenerationStore(
+            redis,
+            retention_seconds=settings.record_retention_seconds,
+            default_generation_seconds=settings.default_generation_seconds,
+        ),
+        registry=registry,
+        scheduler=Scheduler(redis, lease_seconds=settings.lease_ttl_seconds),
+    )
+    ctx["deps"] = deps
+    stopping = asyncio.Event()
+    ctx["stopping"] = stopping
+    ctx["loops"] = [
+        asyncio.create_task(run_poller(deps, stopping), name="poller"),
+        asyncio.create_task(run_upkeep(deps, stopping), name="upkeep"),
+        asyncio.create_task(run_dispatcher(deps, stopping), name="dispatcher"),
+    ]
+    log.info("worker_started", accounts=await registry.names())
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if "deps" not in ctx:
+        return
+    deps = deps_of(ctx)
+    ctx["stopping"].set()
+    for task in ctx["loops"]:
+        task.cancel()
+    await asyncio.gather(*ctx["loops"], return_exceptions=True)
+    try:
+        await release_unused_leases(deps)
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        log.warning("shutdown_without_redis", unreleased=len(deps.unused_leases))
+    await deps.session.close()
+    await deps.redis.aclose()
+    log.info("worker_stopped")
+
+
+async def on_job_start(ctx: dict[str, Any]) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), job_try=ctx.get("job_try"))
+
+
+def build_worker(settings: Settings) -> Worker:
+    return Worker(
+        functions=[
+            # keep_result=0 frees the job id at once, so a generation sent back to its queue can
+            # be submitted again later under the same id.
+            func(
+                submit,
+                name=SUBMIT_JOB,
+                timeout=settings.submit_job_timeout_seconds,
+                keep_result=0,
+                max_tries=10_000,
+            ),
+            func(
+                upload, name=UPLOAD_JOB, timeout=settings.upload_timeout_seconds, keep_result=300, max_tries=3
+            ),
+        ],
+        redis_settings=redis_settings(settings.redis_url),
+        queue_name=keys.ARQ_QUEUE,
+        ctx={"settings": settings},
+        on_startup=startup,
+        on_shutdown=shutdown,
+        on_job_start=on_job_start,
+        max_jobs=settings.worker_max_jobs,
+        poll_delay=0.05,
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+        job_completion_wait=math.ceil(settings.shutdown_grace_seconds),
+        handle_signals=True,
+    )
+
+
+async def _registry_has_accounts(settings: Settings) -> bool:
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        return bool(await AccountRegistry(redis).names())
+    finally:
+        await redis.aclose()
+
+
+def run(settings: Settings) -> int:
+    """Run a worker until SIGTERM/SIGINT; reconnects with backoff while Redis is away."""
+    configure_logging(settings.log_level, settings.log_json)
+    if not settings.accounts():
+        try:
+            has_accounts = asyncio.run(_registry_has_accounts(settings))
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            has_accounts = False
+        if not has_accounts:
+            print(f"luma-queue worker: {NO_ACCOUNT_MESSAGE}", file=sys.stderr)
+            return 2
+    stop_requested = False
+
+    def request_stop(signum: int, _: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    delay = 0.5
+    while not stop_requested:
+        worker = build_worker(settings)
+        try:
+            worker.run()
+            return 0
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as error:
+            log.warning("redis_unavailable_retrying", error=str(error), retry_in=delay)
+        # Between two arq runs a signal must still stop us cleanly.
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        deadline = time.monotonic() + delay
+        while not stop_requested and time.monotonic() < deadline:
+            time.sleep(0.05)
+        delay = min(delay * 2, 10.0)
+    return 0

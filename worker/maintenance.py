@@ -1,0 +1,144 @@
+"""Background upkeep: usage readings, session keep-alive and the sweeper that leaves nothing stuck.
+
+Each task runs in every worker, guarded by a lock in Redis so that one worker does it per period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import structlog
+from arq.constants import in_progress_key_prefix, job_key_prefix
+
+from shared import keys
+from shared.accounts import Account, AccountState
+from shared.queue import SUBMIT_JOB
+from worker.context import Deps
+from worker.luma import AccountExpired, LumaError, RateLimited
+
+log = structlog.get_logger(__name__)
+
+
+async def refresh_usage(deps: Deps, account: Account) -> None:
+    """Read the account's capacity; a claim made meanwhile makes the reading stale, so retry later."""
+    seen = await deps.scheduler.usage_seq(account.name)
+    try:
+        usage = await deps.client(account).usage()
+    except AccountExpired as error:
+        await deps.account_expired(account.name, str(error))
+        return
+    except RateLimited as error:
+        await deps.upstream_fault(account.name, pause_seconds=error.retry_after)
+        return
+    except LumaError as error:
+        log.warning("usage_refresh_failed", account=account.name, error=str(error))
+        await deps.upstream_fault(account.name)
+        return
+    if not await deps.scheduler.store_usage(account.name, seen, usage, json.dumps(usage)):
+        # Something changed meanwhile; try again on the next tick rather than store a stale count.
+        await deps.redis.delete(keys.usage_lock(account.name))
+        return
+    available = int(str(usage.get("available", 0)))
+    if available <= 0 and account.state == AccountState.ACTIVE:
+        await deps.account_spent(account.name, "no monthly capacity left")
+    elif available > 0 and account.state == AccountState.SPENT:
+        # A new month (or a bigger plan) brought capacity back.
+        await deps.registry.mark(account.name, AccountState.ACTIVE, "")
+        await deps.scheduler.wake()
+
+
+async def keep_alive(deps: Deps, account: Account) -> None:
+    """A cheap authenticated call keeps the session's cookies rotating, as a browser would."""
+    try:
+        await deps.client(account).me()
+    except AccountExpired as error:
+        await deps.account_expired(account.name, str(error))
+    except LumaError as error:
+        log.info("heartbeat_failed", account=account.name, error=str(error))
+
+
+async def upkeep_once(deps: Deps, holder: str) -> None:
+    settings = deps.settings
+    for account in await deps.registry.all():
+        if account.state in (AccountState.EXPIRED, AccountState.DISABLED):
+            continue
+        # An account whose usage is unknown cannot take work: read it as soon as possible.
+        usage_period = settings.usage_refresh_seconds if account.available is not None else 1.0
+        if await deps.redis.set(keys.usage_lock(account.name), holder, nx=True, px=int(usage_period * 1000)):
+            await refresh_usage(deps, account)
+        if await deps.redis.set(
+            keys.heartbeat_lock(account.name), holder, nx=True, px=int(settings.heartbeat_seconds * 1000)
+        ):
+            await keep_alive(deps, account)
+
+
+async def sweep(deps: Deps) -> None:
+    """Find claims whose job is gone and generations left behind by a crash, and move them on."""
+    for name in await deps.registry.names():
+        for gen_id in await deps.redis.smembers(keys.submitting(name)):
+            await _sweep_claim(deps, name, str(gen_id))
+    await _sweep_leases(deps)
+
+
+async def _sweep_claim(deps: Deps, account: str, gen_id: str) -> None:
+    job_id = keys.submit_job_id(gen_id)
+    if await deps.arq.exists(job_key_prefix + job_id, in_progress_key_prefix + job_id):
+        return
+    record = await deps.store.get(gen_id)
+    if record is None or record.terminal:
+        await deps.scheduler.release(
+            gen_id, account, restore_capacity=record is None or not record.upstream_id
+        )
+        return
+    if record.upstream_id:
+        await deps.scheduler.mark_running(gen_id, record.account or account, record.upstream_id, time.time())
+        return
+    if record.account not in (None, account):
+        # A stale claim on another account; the generation moved on.
+        await deps.scheduler.release(gen_id, account, restore_capacity=True)
+        return
+    # The claim's job never got enqueued (or vanished): enqueue it. If the dispatcher is doing the
+    # same right now, the job id makes the two one job.
+    log.warning("claim_without_job", generation_id=gen_id, account=account)
+    await deps.arq.enqueue_job(SUBMIT_JOB, gen_id, account, _job_id=job_id)
+
+
+async def _sweep_leases(deps: Deps) -> None:
+    """A lease must belong to a claimed or running generation; anything else is a leak."""
+    for name in await deps.registry.names():
+        held = await deps.redis.zrange(keys.leases(name), 0, -1)
+        if not held:
+            continue
+        async with deps.redis.pipeline(transaction=False) as pipe:
+            for gen_id in held:
+                pipe.sismember(keys.submitting(name), gen_id)
+                pipe.zscore(keys.running(name), gen_id)
+            answers = await pipe.execute()
+        for index, gen_id in enumerate(held):
+            if not answers[2 * index] and answers[2 * index + 1] is None:
+                await deps.scheduler.drop_lease(str(gen_id), name)
+
+
+async def run_upkeep(deps: Deps, stopping: asyncio.Event) -> None:
+    holder = str(os.getpid())
+    last_sweep = 0.0
+    failures = 0
+    while not stopping.is_set():
+        try:
+            await upkeep_once(deps, holder)
+            if time.monotonic() - last_sweep >= deps.settings.sweep_interval_seconds:
+                last_sweep = time.monotonic()
+                lock_ms = int(deps.settings.sweep_interval_seconds * 1000)
+                if await deps.redis.set(keys.SWEEP_LOCK, holder, nx=True, px=lock_ms):
+                    await sweep(deps)
+            failures = 0
+            await asyncio.sleep(min(1.0, deps.settings.poll_min_interval_seconds))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            failures += 1
+            log.exception("upkeep_error")
+            await asyncio.sleep(min(10.0, 0.2 * 2**failures))

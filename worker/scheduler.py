@@ -1,0 +1,288 @@
+"""Slots, capacity and the fair queue, kept consistent across every worker by Lua in Redis.
+
+A generation takes a slot (a lease in `account:{name}:leases`) and a unit of the account's
+capacity in one atomic step, the claim, so two workers can never both pass the same check. Each
+claim serves the owner whose turn is oldest (round-robin between key holders) and, within an
+owner, the oldest waiting generation (FIFO).
+
+Key names are passed in from shared/keys.py as templates, so the schema stays on one screen.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from shared import keys
+
+_TEMPLATES = [
+    keys.account("{}"),
+    keys.leases("{}"),
+    keys.submitting("{}"),
+    keys.wait_queue("{}"),
+]
+
+_PRELUDE = """
+local function key(template, name) return (string.gsub(template, '{}', name)) end
+local ACCOUNT, LEASES, SUBMITTING, WAITQ = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+"""
+
+# Claim the next waiting generation that some account can take now.
+# KEYS: accounts, wait:owners, wait:all, wait:pin, wait:turn, dispatch seq
+# ARGV (after the templates): now ms, lease ms, a random number in [0, 1)
+# Returns {gen id, account, dispatch seq} or false when nothing can start.
+_CLAIM = (
+    _PRELUDE
+    + """
+local now, lease_ms, dice = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local names = redis.call('SMEMBERS', KEYS[1])
+table.sort(names)
+local free, usable = {}, {}
+for _, name in ipairs(names) do
+  local h = redis.call('HMGET', key(ACCOUNT, name), 'state', 'max_concurrency', 'available', 'breaker_until')
+  redis.call('ZREMRANGEBYSCORE', key(LEASES, name), '-inf', now)
+  free[name] = tonumber(h[2] or '0') - redis.call('ZCARD', key(LEASES, name))
+  local available = tonumber(h[3] or '')
+  usable[name] = h[1] == 'active' and tonumber(h[4] or '0') <= now and available ~= nil and available > 0
+end
+local function best_account()
+  local best, ties = 0, {}
+  for _, name in ipairs(names) do
+    if usable[name] and free[name] > 0 then
+      if free[name] > best then best, ties = free[name], {name}
+      elseif free[name] == best then table.insert(ties, name) end
+    end
+  end
+  if #ties == 0 then return nil end
+  return ties[math.floor(dice * #ties) + 1]
+end
+local owners = redis.call('ZRANGE', KEYS[2], 0, -1)
+for _, owner in ipairs(owners) do
+  local queue = key(WAITQ, owner)
+  local head = redis.call('ZRANGE', queue, 0, 0)[1]
+  if not head then
+    redis.call('ZREM', KEYS[2], owner)
+  else
+    local choice = nil
+    local pin = redis.call('HGET', KEYS[4], head)
+    -- A pinned generation waits for the account that holds its image while that account is
+    -- healthy; if the account cannot serve at all, the image's public URL works anywhere.
+    if pin and usable[pin] then
+      if free[pin] > 0 then choice = pin end
+    else
+      choice = best_account()
+    end
+    if choice then
+      redis.call('ZREM', queue, head)
+      redis.call('ZREM', KEYS[3], head)
+      redis.call('HDEL', KEYS[4], head)
+      if redis.call('ZCARD', queue) == 0 then
+        redis.call('ZREM', KEYS[2], owner)
+      else
+        redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[5]), owner)
+      end
+      redis.call('ZADD', key(LEASES, choice), now + lease_ms, head)
+      redis.call('SADD', key(SUBMITTING, choice), head)
+      redis.call('HINCRBY', key(ACCOUNT, choice), 'available', -1)
+      redis.call('HINCRBY', key(ACCOUNT, choice), 'usage_seq', 1)
+      return {head, choice, redis.call('INCR', KEYS[6])}
+    end
+  end
+end
+return false
+"""
+)
+
+# Hold (or re-take after a crash) the slot of one generation on one account.
+# KEYS: leases, account; ARGV: gen id, now ms, expiry ms. Returns 1 when the slot is held.
+_ENSURE_LEASE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local limit = tonumber(redis.call('HGET', KEYS[2], 'max_concurrency') or '0')
+if redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+# Give a slot back. KEYS: leases, submitting, running, account, wake.
+# ARGV: gen id, 1 to give back the capacity reserved at claim (no create was made).
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local was_submitting = redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if was_submitting == 1 and ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[4], 'available', 1)
+  redis.call('HINCRBY', KEYS[4], 'usage_seq', 1)
+end
+redis.call('LPUSH', KEYS[5], '1')
+redis.call('LTRIM', KEYS[5], 0, 999)
+return was_submitting
+"""
+
+# Give a claimed generation's slot back and put it at the front of its owner's queue, in one
+# step: a crash between the two would leave it in no queue at all.
+# KEYS: wait queue, wait:all, wait:owners, wait:turn, wait:pin, wake, leases, submitting,
+#       running, account. ARGV: gen id, owner, pin account or '', 1 to restore capacity.
+_REQUEUE_FRONT = """
+local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local score = 0
+if head[2] then score = tonumber(head[2]) - 1 end
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+redis.call('ZADD', KEYS[2], score, ARGV[1])
+redis.call('ZADD', KEYS[3], 'NX', redis.call('GET', KEYS[4]) or '0', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
+redis.call('ZREM', KEYS[7], ARGV[1])
+local was_submitting = redis.call('SREM', KEYS[8], ARGV[1])
+redis.call('ZREM', KEYS[9], ARGV[1])
+if was_submitting == 1 and ARGV[4] == '1' then
+  redis.call('HINCRBY', KEYS[10], 'available', 1)
+  redis.call('HINCRBY', KEYS[10], 'usage_seq', 1)
+end
+redis.call('LPUSH', KEYS[6], '1')
+redis.call('LTRIM', KEYS[6], 0, 999)
+return 1
+"""
+
+# Record a fresh usage reading unless a claim or release changed the account meanwhile.
+# KEYS: account, submitting; ARGV: usage_seq seen before the call, available, capacity,
+# consumed, usage JSON. Claimed-but-not-created generations are not in the upstream's count yet.
+_USAGE = """
+local seq = redis.call('HGET', KEYS[1], 'usage_seq') or '0'
+if seq ~= ARGV[1] then return 0 end
+local available = tonumber(ARGV[2]) - redis.call('SCARD', KEYS[2])
+redis.call('HSET', KEYS[1], 'available', available, 'capacity', ARGV[3], 'consumed', ARGV[4],
+  'usage', ARGV[5], 'usage_at', ARGV[6])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    gen_id: str
+    account: str
+    dispatch_seq: int
+
+
+class Scheduler:
+    def __init__(self, redis: Redis, *, lease_seconds: float) -> None:
+        self.redis = redis
+        self.lease_ms = int(lease_seconds * 1000)
+        self._claim = redis.register_script(_CLAIM)
+        self._ensure = redis.register_script(_ENSURE_LEASE)
+        self._release = redis.register_script(_RELEASE)
+        self._requeue = redis.register_script(_REQUEUE_FRONT)
+        self._usage = redis.register_script(_USAGE)
+
+    async def claim(self) -> Claim | None:
+        answer = await self._claim(
+            keys=[
+                keys.ACCOUNTS,
+                keys.WAIT_OWNERS,
+                keys.WAIT_ALL,
+                keys.WAIT_PIN,
+                keys.WAIT_TURN,
+                keys.DISPATCH_SEQ,
+            ],
+            args=[*_TEMPLATES, _now_ms(), self.lease_ms, random.random()],
+        )
+        if not answer:
+            return None
+        gen_id, account, seq = answer
+        return Claim(gen_id=str(gen_id), account=str(account), dispatch_seq=int(seq))
+
+    async def ensure_lease(self, gen_id: str, account: str, hold_seconds: float | None = None) -> bool:
+        """Hold the generation's slot until now + hold_seconds (default: one lease period)."""
+        now = _now_ms()
+        expiry = now + (int(hold_seconds * 1000) if hold_seconds is not None else self.lease_ms)
+        held = await self._ensure(
+            keys=[keys.leases(account), keys.account(account)], args=[gen_id, now, expiry]
+        )
+        return bool(held)
+
+    async def renew(self, account: str, gen_ids: list[str]) -> None:
+        """Keep the slots of generations still in flight; re-take them after a full outage."""
+        if gen_ids:
+            expiry = _now_ms() + self.lease_ms
+            await self.redis.zadd(keys.leases(account), dict.fromkeys(gen_ids, expiry))
+
+    async def release(self, gen_id: str, account: str, *, restore_capacity: bool) -> None:
+        await self._release(
+            keys=[
+                keys.leases(account),
+                keys.submitting(account),
+                keys.running(account),
+                keys.account(account),
+                keys.WAKE,
+            ],
+            args=[gen_id, "1" if restore_capacity else "0"],
+        )
+
+    async def drop_lease(self, gen_id: str, account: str) -> None:
+        """Free the slot only; the generation stays claimed and its job takes a slot again."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.leases(account), gen_id)
+            pipe.lpush(keys.WAKE, "1")
+            await pipe.execute()
+
+    async def requeue_front(
+        self, gen_id: str, owner: str, account: str, *, pin: str | None, restore_capacity: bool
+    ) -> None:
+        """Release the slot taken on `account` and make the generation its owner's next one."""
+        await self._requeue(
+            keys=[
+                keys.wait_queue(owner),
+                keys.WAIT_ALL,
+                keys.WAIT_OWNERS,
+                keys.WAIT_TURN,
+                keys.WAIT_PIN,
+                keys.WAKE,
+                keys.leases(account),
+                keys.submitting(account),
+                keys.running(account),
+                keys.account(account),
+            ],
+            args=[gen_id, owner, pin or "", "1" if restore_capacity else "0"],
+        )
+
+    async def mark_running(self, gen_id: str, account: str, upstream_id: str, submitted_ts: float) -> None:
+        """The create is recorded: poll it from now on; its capacity is now the upstream's count."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(keys.submitting(account), gen_id)
+            pipe.zadd(keys.running(account), {gen_id: int(submitted_ts * 1000)})
+            pipe.zadd(keys.leases(account), {gen_id: _now_ms() + self.lease_ms})
+            pipe.hincrby(keys.account(account), "usage_seq", 1)
+            await pipe.execute()
+
+    async def usage_seq(self, account: str) -> str:
+        return str(await self.redis.hget(keys.account(account), "usage_seq") or "0")
+
+    async def store_usage(self, account: str, seen_seq: str, usage: dict[str, object], raw: str) -> bool:
+        saved = await self._usage(
+            keys=[keys.account(account), keys.submitting(account)],
+            args=[
+                seen_seq,
+                int(str(usage.get("available", 0))),
+                int(str(usage.get("capacity", 0))),
+                int(str(usage.get("consumed", 0))),
+                raw,
+                time.time(),
+            ],
+        )
+        return bool(saved)
+
+    async def wait_for_wake(self, seconds: float) -> None:
+        """Sleep until new work or a freed slot is announced, or `seconds` pass."""
+        await self.redis.blpop([keys.WAKE], timeout=seconds)  # type: ignore[arg-type]
+
+    async def wake(self) -> None:
+        await self.redis.lpush(keys.WAKE, "1")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
