@@ -41,9 +41,6 @@ def default_accounts() -> list[AccountSpec]:
     ]
 
 
-Rate = float  # documented alias: a share in [0, 1]
-
-
 class SimulatorConfig(BaseModel):
     """Every knob of the simulator; all fields can be changed while it runs (except `accounts`)."""
 
@@ -56,13 +53,13 @@ class SimulatorConfig(BaseModel):
     # After processing ends as completed, `video.url` stays missing this long (observed upstream).
     missing_url_seconds: float = Field(default=0.0, ge=0)
     # Share of generations that end `failed`, drawn at create from the seeded RNG.
-    failure_rate: Rate = Field(default=0.0, ge=0, le=1)
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
 
     # Faults on the Luma API paths (/api/...), drawn per request from a second seeded RNG.
-    error_rate: Rate = Field(default=0.0, ge=0, le=1)
-    slow_rate: Rate = Field(default=0.0, ge=0, le=1)
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    slow_rate: float = Field(default=0.0, ge=0, le=1)
     slow_seconds: float = Field(default=0.0, ge=0)
-    malformed_rate: Rate = Field(default=0.0, ge=0, le=1)
+    malformed_rate: float = Field(default=0.0, ge=0, le=1)
     # Create stores the generation, then waits this long before answering.
     hang_after_create_seconds: float = Field(default=0.0, ge=0)
 
