@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.settings import AccountConfig, normalize_cookie
+from shared.cookies import normalize_cookie
+from shared.settings import AccountConfig
 
 
 class AccountState(StrEnum):

@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.cookies import normalize_cookie
+
 LUMA_WEB_API = "https://internal-api.virginia.labs.lumalabs.ai"
 
 
@@ -20,12 +22,6 @@ class AccountConfig(BaseModel):
     # How many generations may wait in the pool's queue on this account's behalf; None = no
     # limit of its own (the pool's MAX_QUEUE_DEPTH still holds).
     max_queue: int | None = Field(default=None, ge=0)
-
-
-def normalize_cookie(raw: str) -> str:
-    """A bare token is the older accounts' `access_token`; anything with `=` is a cookie string."""
-    raw = raw.strip()
-    return raw if "=" in raw else f"access_token={raw}"
 
 
 class Settings(BaseSettings):
