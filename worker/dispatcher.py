@@ -16,6 +16,7 @@ from shared import keys
 from shared.models import Phase
 from shared.queue import SUBMIT_JOB
 from worker.context import Deps
+from worker.loops import run_loop
 from worker.scheduler import Claim
 
 log = structlog.get_logger(__name__)
@@ -48,15 +49,9 @@ async def start(deps: Deps, claim: Claim) -> None:
 
 
 async def run_dispatcher(deps: Deps, stopping: asyncio.Event) -> None:
-    failures = 0
-    while not stopping.is_set():
-        try:
-            await dispatch_once(deps)
-            await deps.scheduler.wait_for_wake(deps.settings.dispatch_idle_seconds)
-            failures = 0
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            failures += 1
-            log.exception("dispatcher_error")
-            await asyncio.sleep(min(10.0, 0.2 * 2**failures))
+    async def step() -> float:
+        await dispatch_once(deps)
+        await deps.scheduler.wait_for_wake(deps.settings.dispatch_idle_seconds)
+        return 0.0
+
+    await run_loop("dispatcher", step, stopping)

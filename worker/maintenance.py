@@ -17,9 +17,13 @@ from shared import keys
 from shared.accounts import Account, AccountState
 from shared.queue import SUBMIT_JOB
 from worker.context import Deps
+from worker.loops import run_loop
 from worker.luma import AccountExpired, LumaError, RateLimited
 
 log = structlog.get_logger(__name__)
+
+# A claim this young may still be on its way to the queue; the sweeper leaves it alone.
+CLAIM_GRACE_SECONDS = 5.0
 
 
 async def refresh_usage(deps: Deps, account: Account) -> None:
@@ -124,21 +128,17 @@ async def _sweep_leases(deps: Deps) -> None:
 
 async def run_upkeep(deps: Deps, stopping: asyncio.Event) -> None:
     holder = str(os.getpid())
+    settings = deps.settings
     last_sweep = 0.0
-    failures = 0
-    while not stopping.is_set():
-        try:
-            await upkeep_once(deps, holder)
-            if time.monotonic() - last_sweep >= deps.settings.sweep_interval_seconds:
-                last_sweep = time.monotonic()
-                lock_ms = int(deps.settings.sweep_interval_seconds * 1000)
-                if await deps.redis.set(keys.SWEEP_LOCK, holder, nx=True, px=lock_ms):
-                    await sweep(deps)
-            failures = 0
-            await asyncio.sleep(min(1.0, deps.settings.poll_min_interval_seconds))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            failures += 1
-            log.exception("upkeep_error")
-            await asyncio.sleep(min(10.0, 0.2 * 2**failures))
+
+    async def step() -> float:
+        nonlocal last_sweep
+        await upkeep_once(deps, holder)
+        if time.monotonic() - last_sweep >= settings.sweep_interval_seconds:
+            last_sweep = time.monotonic()
+            lock_ms = int(settings.sweep_interval_seconds * 1000)
+            if await deps.redis.set(keys.SWEEP_LOCK, holder, nx=True, px=lock_ms):
+                await sweep(deps)
+        return min(1.0, settings.poll_min_interval_seconds)
+
+    await run_loop("upkeep", step, stopping)

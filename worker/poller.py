@@ -20,6 +20,7 @@ from shared.accounts import Account, AccountState, UnknownAccount
 from shared.models import FailureReason, GenerationRecord
 from worker.context import Deps
 from worker.lifecycle import finish_failed, observe
+from worker.loops import run_loop
 from worker.luma import AccountExpired, GenerationNotFound, LumaError, RateLimited, UpstreamUnavailable
 
 log = structlog.get_logger(__name__)
@@ -135,17 +136,11 @@ def _next_poll_in(deps: Deps, live: list[GenerationRecord], now: float, generati
 
 
 async def run_poller(deps: Deps, stopping: asyncio.Event) -> None:
-    holder = f"{os.getpid()}"
+    holder = str(os.getpid())
     tick = max(0.02, deps.settings.poll_min_interval_seconds / 4)
-    failures = 0
-    while not stopping.is_set():
-        try:
-            await poll_due_accounts(deps, holder)
-            failures = 0
-            await asyncio.sleep(tick)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            failures += 1
-            log.exception("poller_error")
-            await asyncio.sleep(min(10.0, tick * 2**failures))
+
+    async def step() -> float:
+        await poll_due_accounts(deps, holder)
+        return tick
+
+    await run_loop("poller", step, stopping)

@@ -1,0 +1,157 @@
+"""The account pool under real worker processes: limits, capacity, order, crashes, expiry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from shared import keys
+from simulator.config import AccountSpec
+from simulator.testing import RunningSimulator
+from tests.e2e.helpers import all_terminal, create_many, creates_per_prompt, max_in_flight, records
+from tests.fixtures.simulator import simulator_with, wait_until
+from tests.fixtures.stack import ADMIN_KEY, TEST_KEYS, WorkerProcess, accounts_for, headers
+
+LIMITS = {"sim-1": 1, "sim-2": 2, "sim-3": 3}
+SMALL_CAPACITY = 30
+
+
+@simulator_with(
+    accounts=[
+        AccountSpec(name="sim-1", token="sim-token-1"),
+        AccountSpec(name="sim-2", token="sim-token-2"),
+        AccountSpec(name="sim-3", token="sim-token-3", capacity=SMALL_CAPACITY),
+    ],
+    pending_seconds=0.02,
+    processing_seconds=0.15,
+)
+async def test_three_workers_fill_three_accounts_without_overdrawing_any(
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """200 generations on limits 1/2/3: all complete, no limit or capacity exceeded, FIFO per holder."""
+    pool = accounts_for(simulator, LIMITS)
+    for _ in range(3):
+        start_worker(pool)
+    alice = await create_many(api_client, [f"alice {n}" for n in range(140)], key=TEST_KEYS[0])
+    bob = await create_many(api_client, [f"bob {n}" for n in range(60)], key=TEST_KEYS[1])
+
+    async def finished() -> bool:
+        return all_terminal(await records(redis, alice + bob), 200)
+
+    await wait_until(finished, within=120, interval=0.2)
+    done = await records(redis, alice + bob)
+    assert [record.state for record in done] == ["completed"] * 200
+    assert all(count == 1 for count in creates_per_prompt(simulator).values())
+    peaks = max_in_flight(simulator)
+    assert all(peaks[name] <= limit for name, limit in LIMITS.items()), peaks
+    assert peaks["sim-3"] == LIMITS["sim-3"], "the pool should have kept the biggest account full"
+    stats = simulator.state.account_stats()
+    assert all(account["rejected_create_after_spent"] == 0 for account in stats.values()), stats
+    assert stats["sim-3"]["creates"] == SMALL_CAPACITY
+    for holder in (alice, bob):
+        holder_records = {record.id: record for record in done if record.id in set(holder)}
+        seqs = [holder_records[gen_id].dispatch_seq for gen_id in holder]
+        assert seqs == sorted(seqs), "generations of one key holder must start in submission order"
+    # Round-robin: bob's first generation did not wait behind all of alice's.
+    first_bob = min(record.dispatch_seq or 0 for record in done if record.id in set(bob))
+    assert first_bob < 140
+
+
+@simulator_with(
+    accounts=[AccountSpec(name="sim-1", token="sim-token-1")],
+    pending_seconds=0.02,
+    processing_seconds=0.2,
+    slow_rate=1.0,
+    slow_seconds=0.3,
+)
+async def test_slots_held_by_a_killed_worker_come_back_and_the_work_completes(
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """SIGKILL a worker mid-submit: its leases free up, another worker finishes every generation."""
+    pool = accounts_for(simulator, {"sim-1": 2})
+    first = start_worker(pool)
+    ids = await create_many(api_client, [f"crash {n}" for n in range(8)])
+
+    async def leases_held() -> bool:
+        return bool(await redis.zcard(keys.leases("sim-1")))
+
+    await wait_until(leases_held, within=15)
+    first.kill()
+    held_at_kill = await redis.zcard(keys.leases("sim-1"))
+    assert held_at_kill > 0
+    start_worker(pool)
+
+    async def finished() -> bool:
+        return all_terminal(await records(redis, ids), 8)
+
+    await wait_until(finished, within=60, interval=0.2)
+    assert [record.state for record in await records(redis, ids)] == ["completed"] * 8
+    assert all(count == 1 for count in creates_per_prompt(simulator).values())
+    assert max_in_flight(simulator)["sim-1"] <= 2
+
+    async def slots_free() -> bool:
+        return not await redis.zcard(keys.leases("sim-1"))
+
+    await wait_until(slots_free, within=10)
+
+
+@simulator_with(pending_seconds=0.05, processing_seconds=0.6)
+async def test_an_expired_account_hands_its_work_to_the_others(
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """A 401 marks the account expired (the admin API says so) and new work goes elsewhere."""
+    start_worker(accounts_for(simulator, {"sim-1": 2, "sim-2": 2, "sim-3": 2}))
+    ids = await create_many(api_client, [f"expiry {n}" for n in range(30)])
+
+    async def some_completed() -> bool:
+        return sum(record.state == "completed" for record in await records(redis, ids)) >= 6
+
+    await wait_until(some_completed, within=30)
+    simulator.state.expire_account("sim-1")
+    expired_at = time.time()
+
+    async def admin_shows_expired() -> bool:
+        response = await api_client.get("/api/admin/accounts", headers=headers(ADMIN_KEY))
+        rows = {row["name"]: row for row in (await response.json())["data"]}
+        return bool(rows["sim-1"]["state"] == "expired")
+
+    await wait_until(admin_shows_expired, within=15)
+
+    async def others_finished() -> bool:
+        found = await records(redis, ids)
+        return all(record.terminal or record.account == "sim-1" for record in found)
+
+    await wait_until(others_finished, within=60, interval=0.2)
+    late_creates = [
+        report
+        for report in simulator.state.generation_reports("sim-1")
+        if report["created_at"] > expired_at + 0.5
+    ]
+    assert late_creates == []
+
+    # The operator gives the account a new session; what was running there is read again.
+    simulator.state.set_token("sim-1", "sim-token-1-renewed")
+    response = await api_client.patch(
+        "/api/admin/accounts/sim-1", json={"cookie": "sim-token-1-renewed"}, headers=headers(ADMIN_KEY)
+    )
+    assert response.status == 200, await response.text()
+
+    async def finished() -> bool:
+        return all_terminal(await records(redis, ids), 30)
+
+    await wait_until(finished, within=60, interval=0.2)
+    assert [record.state for record in await records(redis, ids)] == ["completed"] * 30
+    assert all(count == 1 for count in creates_per_prompt(simulator).values())
