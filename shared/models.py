@@ -182,3 +182,18 @@ class UploadResult(BaseModel):
     account: str | None = None
     error: str | None = None
     error_code: str | None = None
+
+
+class AccountUpdate(BaseModel):
+    """The body of PATCH /api/admin/accounts/{name}: only the fields sent change.
+
+    `max_queue: null` clears the account's own bound (see `model_fields_set`); `enabled`,
+    `cookie` and `max_concurrency` sent as null change nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    enabled: bool | None = None
+    cookie: str | None = Field(default=None, min_length=1, repr=False)
+    max_concurrency: int | None = Field(default=None, ge=1, le=100)
+    max_queue: int | None = Field(default=None, ge=0)

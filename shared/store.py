@@ -87,7 +87,9 @@ class GenerationStore:
             args=[
                 record.model_dump_json(),
                 record.id,
-                now_ms,
+                # Milliseconds with a microsecond fraction: two creates in the same millisecond
+                # must still list newest first, not in the random order of their ids.
+                f"{record.created_ts * 1000:.3f}",
                 record.owner,
                 self.retention_seconds,
                 max_depth,

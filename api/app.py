@@ -1,0 +1,116 @@
+"""The api process: create_app(settings) wires resources, routes and middlewares; run() serves it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+
+from api import handlers
+from api.appkeys import ARQ, REDIS, REGISTRY, SETTINGS, STORE
+from api.auth import KEYRING, KeyRing
+from api.errors import error_middleware
+from api.middleware import add_response_headers, preflight, request_context
+from shared.accounts import AccountRegistry
+from shared.logs import configure_logging
+from shared.queue import create_arq_pool
+from shared.settings import Settings
+from shared.store import GenerationStore
+
+# A Redis that stops answering must turn into a 503, not a request that hangs.
+REDIS_TIMEOUT_SECONDS = 5.0
+# Multipart framing around an upload, so aiohttp's own limit never fires before ours (which
+# streams and stops early); it still bounds JSON bodies.
+CLIENT_MAX_SIZE_MARGIN = 64 * 1024
+
+MIN_SHUTDOWN_TIMEOUT_SECONDS = 0.001
+
+log = structlog.get_logger("api")
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    """Decoded-string client for the store and the account registry."""
+    settings = app[SETTINGS]
+    client = Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+    )
+    app[REDIS] = client
+    app[STORE] = GenerationStore(
+        client,
+        retention_seconds=settings.record_retention_seconds,
+        default_generation_seconds=settings.default_generation_seconds,
+    )
+    app[REGISTRY] = AccountRegistry(client)
+    yield
+    await client.aclose()
+
+
+async def _arq(app: web.Application) -> AsyncIterator[None]:
+    """arq's pool (bytes replies): upload jobs and the uploaded bytes."""
+    pool = await create_arq_pool(app[SETTINGS].redis_url)
+    app[ARQ] = pool
+    yield
+    await pool.aclose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_context, preflight, error_middleware],
+        client_max_size=settings.upload_max_bytes + CLIENT_MAX_SIZE_MARGIN,
+    )
+    app[SETTINGS] = settings
+    app[KEYRING] = KeyRing(settings.secret_key, settings.admin_key)
+    app.cleanup_ctx.extend([_redis, _arq])
+    app.on_response_prepare.append(add_response_headers)
+    app.router.add_get("/api/generations", handlers.list_generations)
+    # Before /{id}, which would otherwise take "usage" for an id.
+    app.router.add_get("/api/generations/usage", handlers.get_usage)
+    app.router.add_post("/api/generations/create", handlers.create_generation)
+    app.router.add_post("/api/generations/upload", handlers.upload_image)
+    app.router.add_get("/api/generations/{id}", handlers.get_generation)
+    app.router.add_get("/api/admin/accounts", handlers.list_accounts)
+    app.router.add_post("/api/admin/accounts", handlers.add_account)
+    app.router.add_patch("/api/admin/accounts/{name}", handlers.update_account)
+    return app
+
+
+def warn_if_open(settings: Settings) -> None:
+    """Say loudly, in the log and on stderr, that an api without SECRET_KEY serves anyone."""
+    if settings.secret_key:
+        return
+    message = (
+        "SECRET_KEY is empty: the api is open to anyone who can reach it; set SECRET_KEY to require a key"
+    )
+    log.warning(message, host=settings.api_host, port=settings.api_port)
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM; requests in flight get shutdown_grace_seconds to finish."""
+    configure_logging(settings.log_level, settings.log_json)
+    warn_if_open(settings)
+    log.info("api starting", host=settings.api_host, port=settings.api_port, redis=_redacted(settings))
+    web.run_app(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        # aiohttp reads a timeout of 0 as "wait forever"; SHUTDOWN_GRACE_SECONDS=0 means "do not wait".
+        shutdown_timeout=max(settings.shutdown_grace_seconds, MIN_SHUTDOWN_TIMEOUT_SECONDS),
+        access_log=None,  # request_context logs each request once, with its request_id
+        print=None,
+    )
+
+
+def _redacted(settings: Settings) -> str:
+    """The Redis URL without a password, for the start-up line."""
+    url = settings.redis_url
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}"

@@ -1,0 +1,211 @@
+"""The api's error family and the one middleware that renders every error as JSON.
+
+Every failure a caller can see is `{"message": str, "code": str}` (plus detail where it helps) with
+an HTTP status that matches: our own errors, aiohttp's (unknown route, wrong method, body too large),
+Redis being unreachable, and anything unexpected (logged with its traceback, answered as a 500).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import redis.exceptions
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import ValidationError
+
+log = structlog.get_logger("api")
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a machine-readable code; `detail` joins the JSON body."""
+
+    status: int = 500
+    code: str = "internal_error"
+    default_message: str = "internal error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        **detail: Any,
+    ) -> None:
+        self.message = message or self.default_message
+        if code is not None:
+            self.code = code
+        self.headers = dict(headers or {})
+        self.detail = detail
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        return {"message": self.message, "code": self.code, **self.detail}
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    code = "invalid_request"
+    default_message = "invalid request"
+
+
+class InvalidJson(InvalidRequest):
+    code = "invalid_json"
+    default_message = "the body must be a JSON object"
+
+
+class InvalidQuery(InvalidRequest):
+    code = "invalid_query"
+    default_message = "invalid query parameter"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+    default_message = "a valid Secret-Key header is required"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+    default_message = "not found"
+
+
+class UnknownAccountError(NotFound):
+    code = "unknown_account"
+    default_message = "no account by that name"
+
+
+class AdminDisabled(NotFound):
+    code = "admin_disabled"
+    default_message = "the admin API is disabled: set ADMIN_KEY to enable it"
+
+
+class AccountExistsError(ApiError):
+    status = 409
+    code = "account_exists"
+    default_message = "an account by that name already exists"
+
+
+class TooLarge(ApiError):
+    status = 413
+    code = "too_large"
+    default_message = "the request body is too large"
+
+
+class NotAnImage(ApiError):
+    status = 415
+    code = "not_an_image"
+    default_message = "the file is not a JPEG, PNG, GIF or WebP image"
+
+
+class QueueFullError(ApiError):
+    status = 429
+    code = "queue_full"
+    default_message = "the queue is full; nothing was stored, try again later"
+
+
+class UpstreamError(ApiError):
+    status = 502
+    code = "upstream_error"
+    default_message = "the upstream failed"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    code = "unavailable"
+    default_message = "temporarily unavailable; try again shortly"
+
+
+class RedisUnavailable(ServiceUnavailable):
+    code = "redis_unavailable"
+    default_message = "the queue's storage (Redis) is unavailable; nothing was changed, try again shortly"
+
+
+class UploadTimeout(ApiError):
+    status = 504
+    code = "upload_timeout"
+    default_message = "no worker finished the upload in time; nothing was kept, try again"
+
+
+class InternalError(ApiError):
+    pass
+
+
+def invalid_fields(exc: ValidationError) -> InvalidRequest:
+    """A readable 400 naming every bad field; the caller's values are never echoed (cookies)."""
+    errors = [
+        {
+            "field": ".".join(str(part) for part in error["loc"]) or "(body)",
+            "message": error["msg"],
+            "type": error["type"],
+        }
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    summary = "; ".join(f"{error['field']}: {error['message']}" for error in errors)
+    return InvalidRequest(f"invalid request: {summary}", errors=errors)
+
+
+# aiohttp's own errors keep their status and get a code like ours.
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
+    code = _HTTP_CODES.get(exc.status) or re.sub(r"[^a-z0-9]+", "_", exc.reason.lower()).strip("_")
+    headers: dict[str, str] = {}
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+        headers["Allow"] = exc.headers["Allow"]
+    elif exc.status == 404:
+        message = f"no route for {request.method} {request.path}"
+    elif exc.status == 413:
+        message = f"the request body is too large: {exc.text}"
+    else:
+        message = exc.reason
+    error = ApiError(message, code=code, headers=headers)
+    error.status = exc.status
+    return error
+
+
+def _redis_unavailable(exc: Exception) -> bool:
+    """Redis down, timing out, read-only after a failover or out of memory: all worth a retry."""
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return True
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return True
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith("OOM")
+
+
+def render(error: ApiError) -> web.Response:
+    return web.json_response(error.body(), status=error.status, headers=error.headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every exception a handler raises into a JSON error response."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return render(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects and the like are answers, not errors
+        return render(_from_http_exception(request, exc))
+    except Exception as exc:
+        if _redis_unavailable(exc):
+            log.warning("redis unavailable", error=f"{type(exc).__name__}: {exc}")
+            return render(RedisUnavailable())
+        log.exception("unhandled error", method=request.method, path=request.path)
+        return render(InternalError("internal error; the X-Request-ID header identifies it in our logs"))

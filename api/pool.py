@@ -1,0 +1,82 @@
+"""What the api works out from the account pool, from Redis alone: estimates, the queue bound,
+Retry-After and the usage summary. Nothing here calls the upstream.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from shared.accounts import Account, AccountRegistry, AccountState
+from shared.models import GenerationRecord
+from shared.settings import Settings
+from shared.store import GenerationStore, PoolSnapshot, views
+
+
+async def snapshot(registry: AccountRegistry, store: GenerationStore) -> PoolSnapshot:
+    """Slots of the active accounts, how many are free now, and how long a generation takes."""
+    active = [account for account in await registry.all() if account.state == AccountState.ACTIVE]
+    in_flight = await registry.in_flight([account.name for account in active])
+    return PoolSnapshot(
+        total_slots=sum(account.max_concurrency for account in active),
+        free_slots=sum(max(0, account.max_concurrency - in_flight[account.name]) for account in active),
+        generation_seconds=await store.generation_seconds(),
+    )
+
+
+async def caller_views(
+    registry: AccountRegistry, store: GenerationStore, records: list[GenerationRecord]
+) -> list[dict[str, Any]]:
+    """Seed-shaped views; waiting ones get a queue place and an estimate.
+
+    The pool is read only when the page holds a waiting record, so reads of finished work stay
+    one index read and one MGET.
+    """
+    positions = await store.waiting_positions(records)
+    pool = await snapshot(registry, store) if positions else None
+    return views(records, positions, pool)
+
+
+async def max_queue_depth(registry: AccountRegistry, settings: Settings) -> int:
+    """MAX_QUEUE_DEPTH, lowered to the accounts' own `max_queue` when every one of them sets it."""
+    accounts = [account for account in await registry.all() if account.state != AccountState.DISABLED]
+    depth = settings.max_queue_depth
+    bounds = [account.max_queue for account in accounts if account.max_queue is not None]
+    if accounts and len(bounds) == len(accounts):
+        depth = min(depth, sum(bounds))
+    return depth
+
+
+async def retry_after_seconds(registry: AccountRegistry, store: GenerationStore) -> int:
+    """Roughly how soon a slot frees: one generation time spread over the pool's slots."""
+    pool = await snapshot(registry, store)
+    return max(1, math.ceil(pool.generation_seconds / max(1, pool.total_slots)))
+
+
+def _usage_source(accounts: list[Account]) -> dict[str, Any]:
+    """The cached upstream usage of the first account that has one, enabled accounts first."""
+    for account in sorted(accounts, key=lambda account: account.state == AccountState.DISABLED):
+        if account.usage:
+            return account.usage
+    return {}
+
+
+async def usage(registry: AccountRegistry, *, with_accounts: bool) -> dict[str, Any]:
+    """The seed's usage shape summed over the pool; the admin also sees one row per account."""
+    accounts = await registry.all()
+    counted = [account for account in accounts if account.state != AccountState.DISABLED]
+    source = _usage_source(accounts)
+    subscription = source.get("subscription")
+    plans = source.get("plans")
+    summary: dict[str, Any] = {
+        "consumed": sum(account.consumed or 0 for account in counted),
+        "capacity": sum(account.capacity or 0 for account in counted),
+        "available": sum(account.available or 0 for account in counted),
+        "subscription": (
+            subscription if isinstance(subscription, dict) else {"active": False, "plan": None, "type": None}
+        ),
+        "plans": plans if isinstance(plans, list) else [],
+    }
+    if with_accounts:
+        summary["accounts"] = [view.model_dump() for view in await registry.views()]
+    return summary
