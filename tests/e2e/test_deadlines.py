@@ -1,0 +1,79 @@
+"""Nothing waits forever: an upstream that stalls ends a generation with an explicit reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from shared.models import FailureReason
+from simulator.testing import RunningSimulator
+from tests.e2e.helpers import all_terminal, create_many, records
+from tests.fixtures.simulator import simulator_with, wait_until
+from tests.fixtures.stack import WorkerProcess, accounts_for, headers
+
+
+@simulator_with(pending_seconds=0.02, processing_seconds=0.1, missing_url_seconds=0.6)
+async def test_completed_is_shown_only_once_the_video_url_is_there(
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """While Luma says completed without a URL, callers see processing; then completed with the URL."""
+    start_worker(accounts_for(simulator, {"sim-1": 1}))
+    [gen_id] = await create_many(api_client, ["url comes late"])
+    shown: list[tuple[str, bool]] = []
+
+    async def completed() -> bool:
+        response = await api_client.get(f"/api/generations/{gen_id}", headers=headers())
+        data = (await response.json())["data"]
+        shown.append((data["state"], bool(data["video"] and data["video"].get("url"))))
+        return bool(data["state"] == "completed")
+
+    await wait_until(completed, within=20, interval=0.02)
+    assert all(has_url for state, has_url in shown if state == "completed")
+    [record] = await records(redis, [gen_id])
+    assert record.completed_without_video_ts is not None, "the worker should have seen the URL-less window"
+
+
+@simulator_with(pending_seconds=0.02, processing_seconds=0.1, missing_url_seconds=60)
+async def test_completed_without_a_video_for_too_long_fails_with_its_reason(
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """A completion that never gets its URL ends failed with completed_without_video."""
+    start_worker(accounts_for(simulator, {"sim-1": 1}), MISSING_VIDEO_DEADLINE_SECONDS=1)
+    ids = await create_many(api_client, ["never a url"])
+
+    async def finished() -> bool:
+        return all_terminal(await records(redis, ids), 1)
+
+    await wait_until(finished, within=20)
+    [record] = await records(redis, ids)
+    assert record.state == "failed"
+    assert record.failure_reason == FailureReason.COMPLETED_WITHOUT_VIDEO
+
+
+@simulator_with(pending_seconds=60, processing_seconds=0.1)
+async def test_a_generation_pending_upstream_past_the_deadline_fails_with_its_reason(
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """Luma's own queue holding a generation past the deadline ends it failed, and frees the slot."""
+    start_worker(accounts_for(simulator, {"sim-1": 1}), UPSTREAM_PENDING_DEADLINE_SECONDS=1)
+    ids = await create_many(api_client, ["stuck in luma's queue", "behind it"])
+
+    async def finished() -> bool:
+        return all_terminal(await records(redis, ids), 2)
+
+    await wait_until(finished, within=30)
+    found = await records(redis, ids)
+    assert [record.failure_reason for record in found] == [FailureReason.UPSTREAM_PENDING_TIMEOUT] * 2
+    assert all(record.failure_message for record in found)
