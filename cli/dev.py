@@ -1,0 +1,471 @@
+"""`luma-queue dev`: the whole stack on one machine, started by one command and stopped by Ctrl-C.
+
+Children, in start order: a private redis-server (unless REDIS_URL is set), the simulator (unless
+accounts are configured), the api and one worker. Each runs in its own session so that Ctrl-C in the
+terminal reaches only this process, which then stops them in reverse order: the worker first, while
+Redis is still there to take its last writes, Redis last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+# Dev-friendly simulator timings: a generation completes in about ten seconds.
+SIM_PENDING_SECONDS = 2.0
+SIM_PROCESSING_SECONDS = 8.0
+
+REDIS_READY_SECONDS = 15.0
+SIMULATOR_READY_SECONDS = 30.0
+API_READY_SECONDS = 60.0
+CHECK_EVERY_SECONDS = 0.1
+
+COLOURS = {"redis": "31", "simulator": "35", "api": "36", "worker": "32"}
+
+
+class DevError(Exception):
+    """Something the user must act on; the message says what."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while the stack was still starting."""
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    pump: threading.Thread = field(init=False)
+
+
+class Stack:
+    """The child processes, their output, and the order in which they stop."""
+
+    def __init__(self, log_dir: Path, stop_timeout: float) -> None:
+        self.log_dir = log_dir
+        self.stop_timeout = stop_timeout
+        self.children: list[Child] = []
+        self.stop_requested = threading.Event()
+        self.stop_signal: str | None = None
+        self.force = False
+        self._output_lock = threading.Lock()
+        self.colour = sys.stdout.isatty()
+        self._width = max(len(name) for name in COLOURS)
+
+    # -- output -------------------------------------------------------------------------------
+
+    def say(self, message: str, *, error: bool = False) -> None:
+        with self._output_lock:
+            print(f"luma-queue dev: {message}", file=sys.stderr if error else sys.stdout, flush=True)
+
+    def show(self, text: str) -> None:
+        with self._output_lock:
+            print(text, flush=True)
+
+    def _emit(self, name: str, line: str) -> None:
+        prefix = f"{name:<{self._width}} |"
+        if self.colour:
+            prefix = f"\033[{COLOURS.get(name, '0')}m{prefix}\033[0m"
+        with self._output_lock:
+            sys.stdout.write(f"{prefix} {line}\n")
+            sys.stdout.flush()
+
+    def _pump(self, child: Child, stream: IO[bytes]) -> None:
+        with child.log_path.open("wb") as log:
+            for raw in iter(stream.readline, b""):
+                log.write(raw)
+                log.flush()
+                self._emit(child.name, raw.decode(errors="replace").rstrip("\r\n"))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        process = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),
+        )
+        child = Child(name, process, self.log_dir / f"{name}.log")
+        assert process.stdout is not None
+        child.pump = threading.Thread(target=self._pump, args=(child, process.stdout), daemon=True)
+        child.pump.start()
+        self.children.append(child)
+        self.say(f"started {name} (pid {process.pid})")
+        return child
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        # Only flags: printing here could re-enter a write the main thread was in the middle of.
+        if self.stop_requested.is_set():
+            self.force = True
+        else:
+            self.stop_signal = signal.Signals(signum).name
+            self.stop_requested.set()
+
+    def exited(self) -> Child | None:
+        """The first child that is no longer running, if any."""
+        return next((child for child in self.children if child.process.poll() is not None), None)
+
+    def wait_until(self, what: str, check: Callable[[], str | None], timeout: float) -> None:
+        """Return once `check` reports ready (None); fail if a child dies or the deadline passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.stop_requested.is_set():
+                raise Interrupted
+            self.raise_if_a_child_exited()
+            problem = check()
+            if problem is None:
+                return
+            if time.monotonic() > deadline:
+                raise DevError(f"{what} was not ready after {timeout:.0f}s: {problem}")
+            self.stop_requested.wait(CHECK_EVERY_SECONDS)
+
+    def watch(self) -> None:
+        """Block until a stop is requested; raise if a child exits on its own before that."""
+        while not self.stop_requested.wait(0.2):
+            self.raise_if_a_child_exited()
+
+    def raise_if_a_child_exited(self) -> None:
+        child = self.exited()
+        if child is None:
+            return
+        child.pump.join(timeout=2)  # let its last lines reach the terminal before our message
+        code = child.process.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        raise DevError(
+            f"{child.name} {how} unexpectedly; stopping the rest. "
+            f"Its output is above and in {_relative(child.log_path)}"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM each child, newest first; SIGKILL one that outlives stop_timeout."""
+        running = [child for child in reversed(self.children) if child.process.poll() is None]
+        if running:
+            reason = f"{self.stop_signal} received: " if self.stop_signal else ""
+            self.say(reason + "stopping " + ", ".join(child.name for child in running))
+        for child in running:
+            self._end(child)
+        for child in self.children:
+            child.pump.join(timeout=2)
+
+    def _end(self, child: Child) -> None:
+        _signal_group(child.process, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while child.process.poll() is None:
+            if self.force or time.monotonic() > deadline:
+                why = "second signal" if self.force else f"not stopped after {self.stop_timeout:.0f}s"
+                self.say(f"{why}: killing {child.name}")
+                _signal_group(child.process, signal.SIGKILL)
+                child.process.wait()
+                return
+            with suppress(subprocess.TimeoutExpired):
+                child.process.wait(timeout=CHECK_EVERY_SECONDS)
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # Each child leads its own process group (start_new_session): signal anything it spawned too.
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, children get SIGTERM if this process dies without cleaning up (e.g. SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Loaded here, in the parent: the child between fork and exec only makes the one call.
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return preexec
+
+
+@contextmanager
+def _signals_handled_by(stack: Stack) -> Iterator[None]:
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, stack.request_stop) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- readiness checks: None when ready, else why not ------------------------------------------
+
+
+def _redis_answers(url: str) -> Callable[[], str | None]:
+    import redis
+
+    def check() -> str | None:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            client.ping()
+            return None
+        except redis.RedisError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            client.close()
+
+    return check
+
+
+def _http_answers(url: str) -> Callable[[], str | None]:
+    # No proxy: an http_proxy in the environment must not answer for a local server.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def check() -> str | None:
+        try:
+            with opener.open(url, timeout=2):
+                return None
+        except urllib.error.HTTPError:
+            return None  # any HTTP answer, even 404, means the server is up
+        except (urllib.error.URLError, OSError) as exc:
+            return str(getattr(exc, "reason", exc))
+
+    return check
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: a port left in TIME_WAIT by the previous run is free to use.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _require_free_port(host: str, port: int, what: str, hint: str) -> None:
+    if _port_taken(host, port):
+        raise DevError(
+            f"port {port} on {host} is already taken, so {what} cannot start "
+            f"(is another `luma-queue dev` still running?). {hint}"
+        )
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _redacted(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _reachable_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _cli(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *arguments]
+
+
+# -- the stack --------------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    """What the banner reports."""
+
+    api_url: str
+    redis_url: str
+    redis_dir: Path | None
+    upstream: str
+
+
+def _start_redis(stack: Stack, port: int, run_dir: Path) -> tuple[str, Path]:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise DevError(
+            "redis-server is not installed. Install it (Debian/Ubuntu: sudo apt-get install redis-server; "
+            "macOS: brew install redis), or set REDIS_URL to a Redis you already run."
+        )
+    _require_free_port(
+        "127.0.0.1",
+        port,
+        "the private redis-server",
+        "Stop it, pass --redis-port, or set REDIS_URL to use a Redis you run yourself.",
+    )
+    data_dir = run_dir / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack.start(
+        "redis",
+        [
+            executable,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--dir", str(data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", "",
+            "--loglevel", "warning",
+        ],
+        dict(os.environ),
+    )  # fmt: skip
+    return f"redis://127.0.0.1:{port}/0", data_dir
+
+
+def _simulator_accounts(base_url: str) -> list[dict[str, str]]:
+    """LUMA_ACCOUNTS entries for the simulator's own dev accounts (sim-1, sim-2)."""
+    from simulator.config import default_accounts
+
+    return [
+        {"name": spec.name, "cookie": f"access_token={spec.token}", "base_url": base_url}
+        for spec in default_accounts()
+    ]
+
+
+def start_stack(stack: Stack, settings: Settings, args: argparse.Namespace, run_dir: Path) -> Running:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if stack.colour and "log_json" not in settings.model_fields_set:
+        env["LOG_JSON"] = "false"  # pretty logs on a terminal, even though children write to a pipe
+
+    # Check every port before starting anything, so a clash is reported before any output.
+    api_host = settings.api_host
+    _require_free_port(
+        api_host, settings.api_port, "the api", "Stop what holds it, or set API_PORT to another port."
+    )
+    accounts = settings.accounts()
+    if not accounts:
+        _require_free_port(
+            "127.0.0.1", args.simulator_port, "the simulator", "Stop it, or pass --simulator-port."
+        )
+
+    if "redis_url" in settings.model_fields_set:
+        redis_url, redis_dir = settings.redis_url, None
+    else:
+        redis_url, redis_dir = _start_redis(stack, args.redis_port, run_dir)
+        env["REDIS_URL"] = redis_url
+    stack.wait_until(f"Redis at {_redacted(redis_url)}", _redis_answers(redis_url), REDIS_READY_SECONDS)
+
+    if accounts:
+        upstream = "Luma accounts " + ", ".join(f"{a.name} ({a.base_url})" for a in accounts)
+    else:
+        simulator_url = f"http://127.0.0.1:{args.simulator_port}"
+        simulator_accounts = _simulator_accounts(simulator_url)
+        env["LUMA_ACCOUNTS"] = json.dumps(simulator_accounts)
+        stack.start(
+            "simulator",
+            _cli(
+                "simulator",
+                "--host", "127.0.0.1",
+                "--port", str(args.simulator_port),
+                "--pending-seconds", str(SIM_PENDING_SECONDS),
+                "--processing-seconds", str(SIM_PROCESSING_SECONDS),
+            ),
+            env,
+        )  # fmt: skip
+        stack.wait_until(
+            f"the simulator at {simulator_url}", _http_answers(simulator_url), SIMULATOR_READY_SECONDS
+        )
+        names = ", ".join(account["name"] for account in simulator_accounts)
+        upstream = f"the simulator at {simulator_url} (accounts {names}; no Luma account used)"
+
+    api_url = f"http://{_reachable_host(api_host)}:{settings.api_port}"
+    stack.start("api", _cli("api"), env)
+    stack.start("worker", _cli("worker"), env)
+    stack.wait_until(f"the api at {api_url}", _http_answers(api_url + "/"), API_READY_SECONDS)
+    return Running(api_url=api_url, redis_url=redis_url, redis_dir=redis_dir, upstream=upstream)
+
+
+def banner(running: Running, settings: Settings, log_dir: Path) -> str:
+    key = settings.secret_key[0] if settings.secret_key else None
+    if key is None:
+        key_line = "none: SECRET_KEY is empty, so the api runs open (anyone who can reach it may use it)"
+        header = ""
+    else:
+        more = f" (and {len(settings.secret_key) - 1} more)" if len(settings.secret_key) > 1 else ""
+        key_line = key + more
+        header = f" -H 'Secret-Key: {key}'"
+    redis_note = f"private, data in {_relative(running.redis_dir)}" if running.redis_dir else "from REDIS_URL"
+    url = running.api_url
+    rule = "=" * 78
+    return "\n".join(
+        [
+            rule,
+            f"luma-queue is running at {url}   (Ctrl-C stops everything)",
+            "",
+            f"  api         {url}",
+            f"  Secret-Key  {key_line}",
+            f"  redis       {_redacted(running.redis_url)}  ({redis_note})",
+            f"  upstream    {running.upstream}",
+            f"  logs        {_relative(log_dir)}/",
+            "",
+            "Try it:",
+            f"  curl -s -X POST {url}/api/generations/create{header} -H 'Content-Type: application/json' \\",
+            '       -d \'{"prompt": "a red fox running through snow"}\'',
+            f"  curl -s {url}/api/generations/GENERATION_ID{header}",
+            f"  curl -s '{url}/api/generations?offset=0&limit=10'{header}",
+            f"  curl -s {url}/api/generations/usage{header}",
+            f"  curl -s -X POST {url}/api/generations/upload{header} -F file=@cat.jpg",
+            rule,
+        ]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from cli.main import load_settings
+
+    settings = load_settings()
+    run_dir = Path.cwd() / ".run"
+    log_dir = run_dir / "logs"
+    stack = Stack(log_dir, args.stop_timeout)
+    with _signals_handled_by(stack):
+        try:
+            running = start_stack(stack, settings, args, run_dir)
+            stack.show(banner(running, settings, log_dir))
+            stack.watch()
+            return 0
+        except Interrupted:
+            return 0
+        except DevError as exc:
+            stack.say(str(exc), error=True)
+            return 1
+        finally:
+            if stack.children:
+                stack.stop()
+                stack.say("stopped")

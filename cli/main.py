@@ -1,0 +1,171 @@
+"""`luma-queue`: the one command that starts each part of the gateway.
+
+Each subcommand imports its part only when it runs, so `--help` works even without the rest and
+starting one process does not load the others' code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+DESCRIPTION = """\
+Self-hosted gateway for Luma Dream Machine video generation: an HTTP api and workers that share
+one Redis and keep a pool of Luma accounts busy without overdrawing them.
+
+Configuration comes from the environment (or a .env file in the current directory), e.g. REDIS_URL,
+API_HOST, API_PORT, SECRET_KEY, LUMA_ACCOUNTS or ACCESS_TOKEN. See README.md.
+"""
+
+EPILOG = """\
+To try everything on one machine without a Luma account: luma-queue dev
+"""
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad value is reported in one readable line, not a traceback."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from shared.settings import Settings
+
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as exc:
+        raise SystemExit(
+            f"luma-queue: invalid configuration: {exc}\n"
+            "Settings come from the environment and ./.env; each variable is the setting's name in upper "
+            'case, e.g. LUMA_ACCOUNTS=\'[{"name": "main", "cookie": "access_token=..."}]\'.'
+        ) from None
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    from api.app import run
+
+    run(settings)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    from worker.main import run
+
+    return run(settings)
+
+
+# Simulator flags that map one to one onto SimulatorConfig fields; unset ones keep its defaults.
+SIMULATOR_KNOBS: tuple[tuple[str, Callable[[str], float], str, str], ...] = (
+    ("pending_seconds", float, "SECONDS", "how long a new generation stays `pending` (Luma's own queue)"),
+    ("processing_seconds", float, "SECONDS", "how long it then renders in `processing`"),
+    ("failure_rate", float, "RATE", "share of generations that end `failed` (0..1)"),
+    ("error_rate", float, "RATE", "share of API requests answered with an error (0..1)"),
+    ("slow_rate", float, "RATE", "share of API requests delayed by --slow-seconds (0..1)"),
+    ("slow_seconds", float, "SECONDS", "delay of a slow request"),
+    ("malformed_rate", float, "RATE", "share of API responses with a malformed body (0..1)"),
+    ("missing_url_seconds", float, "SECONDS", "how long a `completed` generation lacks its video URL"),
+    ("seed", int, "INT", "seed of the simulator's random draws, for repeatable runs"),
+)
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from simulator.app import run
+    from simulator.config import SimulatorConfig
+
+    knobs: dict[str, Any] = {
+        name: getattr(args, name) for name, *_ in SIMULATOR_KNOBS if getattr(args, name) is not None
+    }
+    try:
+        config = SimulatorConfig.model_validate(knobs)
+    except ValidationError as exc:
+        raise SystemExit(f"luma-queue simulator: invalid option: {exc}") from None
+    run(args.host, args.port, config)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from cli.dev import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="luma-queue",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+
+    api = commands.add_parser(
+        "api",
+        help="serve the HTTP api (create, list, detail, usage, upload)",
+        description="Serve the HTTP api on API_HOST:API_PORT. It validates and queues requests and "
+        "answers reads from Redis; it never calls Luma itself. Run as many copies as you like.",
+    )
+    api.set_defaults(handler=cmd_api)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a worker: submit to the Luma accounts, poll to the end, upload images",
+        description="Run a worker: the only process that talks to the Luma accounts (LUMA_ACCOUNTS "
+        "or ACCESS_TOKEN). It submits queued generations within each account's limits, polls them "
+        "to the end and puts uploaded images on an account. Any number of workers may share one Redis.",
+    )
+    worker.set_defaults(handler=cmd_worker)
+
+    simulator = commands.add_parser(
+        "simulator",
+        help="run a local fake of the Luma web API, for development and tests",
+        description="Run a local fake of the Luma web API with knobs for timing and faults. Its "
+        "accounts are sim-1 and sim-2 (cookies access_token=sim-token-1 and access_token=sim-token-2). "
+        "Options left out keep the simulator's defaults.",
+    )
+    simulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    simulator.add_argument("--port", type=int, default=8100, help="port to listen on (default: %(default)s)")
+    for name, kind, metavar, text in SIMULATOR_KNOBS:
+        simulator.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=kind, metavar=metavar, help=text
+        )
+    simulator.set_defaults(handler=cmd_simulator)
+
+    dev = commands.add_parser(
+        "dev",
+        help="run the whole stack on this machine (redis, simulator, api, worker); Ctrl-C stops it",
+        description="Run the whole stack on this machine, one command, stopped by Ctrl-C: a private "
+        "redis-server (data in ./.run/redis) unless REDIS_URL is set, the simulator unless "
+        "LUMA_ACCOUNTS or ACCESS_TOKEN is set, the api and one worker. Their output is shown here "
+        "prefixed with their name and kept in ./.run/logs/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    dev.add_argument("--redis-port", type=int, default=6390, help="port of the private redis-server")
+    dev.add_argument("--simulator-port", type=int, default=8100, help="port of the simulator")
+    dev.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=20.0,
+        help="seconds each process gets to stop after SIGTERM before it is killed",
+    )
+    dev.set_defaults(handler=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
