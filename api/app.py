@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/admin/accounts", handlers.list_accounts)
     app.router.add_post("/api/admin/accounts", handlers.add_account)
     app.router.add_patch("/api/admin/accounts/{name}", handlers.update_account)
+    app.router.add_get("/healthz", handlers.health)
     return app
 
 

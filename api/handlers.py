@@ -24,6 +24,12 @@ LIST_DEFAULT_LIMIT = 10
 LIST_MAX_OFFSET = 2**53
 
 
+async def health(request: web.Request) -> web.Response:
+    """GET /healthz, unauthenticated: 200 while this api can reach Redis (503 JSON otherwise)."""
+    await request.app[REDIS].ping()
+    return web.json_response({"status": "ok"})
+
+
 @requires(Access.HOLDER)
 async def list_generations(request: web.Request, caller: Caller) -> web.Response:
     """GET /api/generations?offset=0&limit=10: the caller's generations, newest first."""

@@ -408,7 +408,7 @@ def start_stack(stack: Stack, settings: Settings, args: argparse.Namespace, run_
     api_url = f"http://{_reachable_host(api_host)}:{settings.api_port}"
     stack.start("api", _cli("api"), env)
     stack.start("worker", _cli("worker"), env)
-    stack.wait_until(f"the api at {api_url}", _http_answers(api_url + "/"), API_READY_SECONDS)
+    stack.wait_until(f"the api at {api_url}", _http_answers(api_url + "/healthz"), API_READY_SECONDS)
     return Running(api_url=api_url, redis_url=redis_url, redis_dir=redis_dir, upstream=upstream)
 
 

@@ -127,6 +127,7 @@ async def test_redis_down_is_a_json_503_and_the_api_recovers(
             ("GET", "/api/generations", None),
             ("GET", "/api/generations/usage", None),
             ("POST", "/api/generations/create", {"prompt": "while down"}),
+            ("GET", "/healthz", None),
         ]:
             response = await api.request(method, path, json=body, headers=auth(KEY_A))
             assert response.status == 503, path
@@ -139,3 +140,10 @@ async def test_redis_down_is_a_json_503_and_the_api_recovers(
     fresh_redis_server.start()
     response = await api.post("/api/generations/create", json={"prompt": "back"}, headers=auth(KEY_A))
     assert response.status == 200
+
+
+async def test_healthz_answers_without_a_key_while_redis_is_reachable(api: ApiClient) -> None:
+    """Load balancers and the dev stack probe /healthz with no key; it says ok when Redis answers."""
+    response = await api.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok"}
