@@ -161,7 +161,12 @@ class GenerationRecord(BaseModel):
             created_at=self.created_at,
             video=shown.get("video") if self.state == "completed" else None,
             liked=shown.get("liked"),
-            estimate_wait_seconds=estimate_wait_seconds,
+            # Ours while it waits in our queue; once created, Luma's own estimate for its queue.
+            estimate_wait_seconds=(
+                estimate_wait_seconds
+                if estimate_wait_seconds is not None
+                else shown.get("estimate_wait_seconds")
+            ),
             queue_position=queue_position,
             failure_reason=self.failure_reason,
             failure_message=self.failure_message,
