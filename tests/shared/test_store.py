@@ -63,7 +63,12 @@ def test_view_keeps_upstream_fields_but_our_id_and_hides_a_video_until_completed
     record = GenerationRecord.new("alice", CreateRequest(prompt="fox"))
     record.phase = Phase.RUNNING
     record.state = "processing"
-    record.upstream = {"id": "upstream-1", "thumbnail": "t.jpg", "video": {"url": "v.mp4"}, "state": "completed"}
+    record.upstream = {
+        "id": "upstream-1",
+        "thumbnail": "t.jpg",
+        "video": {"url": "v.mp4"},
+        "state": "completed",
+    }
     shown = record.view()
     assert shown["id"] == record.id
     assert shown["thumbnail"] == "t.jpg"
