@@ -87,6 +87,7 @@ for _, owner in ipairs(owners) do
       redis.call('ZADD', key(LEASES, choice), now + lease_ms, head)
       redis.call('SADD', key(SUBMITTING, choice), head)
       redis.call('HINCRBY', key(ACCOUNT, choice), 'available', -1)
+      redis.call('HINCRBY', key(ACCOUNT, choice), 'consumed', 1)
       redis.call('HINCRBY', key(ACCOUNT, choice), 'usage_seq', 1)
       return {head, choice, redis.call('INCR', KEYS[6])}
     end
@@ -118,6 +119,7 @@ local was_submitting = redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 if was_submitting == 1 and ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[4], 'available', 1)
+  redis.call('HINCRBY', KEYS[4], 'consumed', -1)
   redis.call('HINCRBY', KEYS[4], 'usage_seq', 1)
 end
 redis.call('LPUSH', KEYS[5], '1')
@@ -142,6 +144,7 @@ local was_submitting = redis.call('SREM', KEYS[8], ARGV[1])
 redis.call('ZREM', KEYS[9], ARGV[1])
 if was_submitting == 1 and ARGV[4] == '1' then
   redis.call('HINCRBY', KEYS[10], 'available', 1)
+  redis.call('HINCRBY', KEYS[10], 'consumed', -1)
   redis.call('HINCRBY', KEYS[10], 'usage_seq', 1)
 end
 redis.call('LPUSH', KEYS[6], '1')
@@ -151,12 +154,14 @@ return 1
 
 # Record a fresh usage reading unless a claim or release changed the account meanwhile.
 # KEYS: account, submitting; ARGV: usage_seq seen before the call, available, capacity,
-# consumed, usage JSON. Claimed-but-not-created generations are not in the upstream's count yet.
+# consumed, usage JSON. Claimed-but-not-created generations are not in the upstream's count yet,
+# so they stay reserved: out of `available` and into `consumed`, as the claim counted them.
 _USAGE = """
 local seq = redis.call('HGET', KEYS[1], 'usage_seq') or '0'
 if seq ~= ARGV[1] then return 0 end
-local available = tonumber(ARGV[2]) - redis.call('SCARD', KEYS[2])
-redis.call('HSET', KEYS[1], 'available', available, 'capacity', ARGV[3], 'consumed', ARGV[4],
+local reserved = redis.call('SCARD', KEYS[2])
+redis.call('HSET', KEYS[1], 'available', tonumber(ARGV[2]) - reserved, 'capacity', ARGV[3],
+  'consumed', tonumber(ARGV[4]) + reserved,
   'usage', ARGV[5], 'usage_at', ARGV[6])
 return 1
 """

@@ -70,7 +70,7 @@ async def test_no_claim_beyond_an_accounts_available_capacity(db: Redis) -> None
     scheduler = await pool(db, {"a": (5, 2)})
     await enqueue(db, "alice", 4)
     assert len(await claim_all(scheduler)) == 2
-    assert await db.hget(keys.account("a"), "available") == "0"
+    assert await db.hmget(keys.account("a"), ["available", "consumed"]) == ["0", "2"]
 
 
 async def test_unhealthy_accounts_take_no_work(db: Redis) -> None:
@@ -144,4 +144,4 @@ async def test_a_usage_reading_taken_during_a_claim_is_not_stored(db: Redis) -> 
     fresh_seen = await scheduler.usage_seq("a")
     assert await scheduler.store_usage("a", fresh_seen, stale, "{}")
     # One claim has not reached the upstream yet, so one unit stays reserved.
-    assert await db.hget(keys.account("a"), "available") == "9"
+    assert await db.hmget(keys.account("a"), ["available", "consumed"]) == ["9", "141"]
