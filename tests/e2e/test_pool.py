@@ -155,3 +155,41 @@ async def test_an_expired_account_hands_its_work_to_the_others(
     await wait_until(finished, within=60, interval=0.2)
     assert [record.state for record in await records(redis, ids)] == ["completed"] * 30
     assert all(count == 1 for count in creates_per_prompt(simulator).values())
+
+
+@simulator_with(pending_seconds=0.02, processing_seconds=0.3)
+async def test_accounts_added_and_disabled_at_run_time_change_where_work_goes(
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """An account added through the admin API takes work at once; a disabled one takes no more."""
+    start_worker(accounts_for(simulator, {"sim-1": 1}))
+    ids = await create_many(api_client, [f"grow {n}" for n in range(12)])
+    added = await api_client.post(
+        "/api/admin/accounts",
+        json={
+            "name": "sim-2",
+            "cookie": simulator.state.account("sim-2").token,
+            "base_url": simulator.url,
+            "max_concurrency": 3,
+        },
+        headers=headers(ADMIN_KEY),
+    )
+    assert added.status == 201, await added.text()
+    await wait_until(lambda: len(simulator.state.generation_reports("sim-2")) >= 3, within=15)
+    disabled = await api_client.patch(
+        "/api/admin/accounts/sim-1", json={"enabled": False}, headers=headers(ADMIN_KEY)
+    )
+    assert disabled.status == 200
+    creates_on_sim1 = len(simulator.state.generation_reports("sim-1"))
+
+    async def finished() -> bool:
+        return all_terminal(await records(redis, ids), 12)
+
+    await wait_until(finished, within=60, interval=0.2)
+    assert [record.state for record in await records(redis, ids)] == ["completed"] * 12
+    # A create already claimed when the switch came may still land; nothing after it.
+    assert len(simulator.state.generation_reports("sim-1")) <= creates_on_sim1 + 1
+    assert max_in_flight(simulator)["sim-2"] <= 3
