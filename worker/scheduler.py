@@ -113,7 +113,7 @@ return 1
 
 # Give a slot back. KEYS: leases, submitting, running, account, wake.
 # ARGV: gen id, 1 to give back the capacity reserved at claim (no create was made).
-_RELEASE = """
+_GIVE_BACK_SLOT = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 local was_submitting = redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -124,33 +124,26 @@ if was_submitting == 1 and ARGV[2] == '1' then
 end
 redis.call('LPUSH', KEYS[5], '1')
 redis.call('LTRIM', KEYS[5], 0, 999)
-return was_submitting
 """
+_RELEASE = _GIVE_BACK_SLOT + "return was_submitting"
 
 # Give a claimed generation's slot back and put it at the front of its owner's queue, in one
 # step: a crash between the two would leave it in no queue at all.
-# KEYS: wait queue, wait:all, wait:owners, wait:turn, wait:pin, wake, leases, submitting,
-#       running, account. ARGV: gen id, owner, pin account or '', 1 to restore capacity.
-_REQUEUE_FRONT = """
-local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+# KEYS: the five of _GIVE_BACK_SLOT, then wait queue, wait:all, wait:owners, wait:turn, wait:pin.
+# ARGV: the two of _GIVE_BACK_SLOT, then owner, pin account or ''.
+_REQUEUE_FRONT = (
+    _GIVE_BACK_SLOT
+    + """
+local head = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
 local score = 0
 if head[2] then score = tonumber(head[2]) - 1 end
-redis.call('ZADD', KEYS[1], score, ARGV[1])
-redis.call('ZADD', KEYS[2], score, ARGV[1])
-redis.call('ZADD', KEYS[3], 'NX', redis.call('GET', KEYS[4]) or '0', ARGV[2])
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[3]) end
-redis.call('ZREM', KEYS[7], ARGV[1])
-local was_submitting = redis.call('SREM', KEYS[8], ARGV[1])
-redis.call('ZREM', KEYS[9], ARGV[1])
-if was_submitting == 1 and ARGV[4] == '1' then
-  redis.call('HINCRBY', KEYS[10], 'available', 1)
-  redis.call('HINCRBY', KEYS[10], 'consumed', -1)
-  redis.call('HINCRBY', KEYS[10], 'usage_seq', 1)
-end
-redis.call('LPUSH', KEYS[6], '1')
-redis.call('LTRIM', KEYS[6], 0, 999)
+redis.call('ZADD', KEYS[6], score, ARGV[1])
+redis.call('ZADD', KEYS[7], score, ARGV[1])
+redis.call('ZADD', KEYS[8], 'NX', redis.call('GET', KEYS[9]) or '0', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[10], ARGV[1], ARGV[4]) end
 return 1
 """
+)
 
 # Record a fresh usage reading unless a claim or release changed the account meanwhile.
 # KEYS: account, submitting; ARGV: usage_seq seen before the call, available, capacity,
@@ -217,16 +210,21 @@ class Scheduler:
             await self.redis.zadd(keys.leases(account), dict.fromkeys(gen_ids, expiry))
 
     async def release(self, gen_id: str, account: str, *, restore_capacity: bool) -> None:
-        await self._release(
-            keys=[
-                keys.leases(account),
-                keys.submitting(account),
-                keys.running(account),
-                keys.account(account),
-                keys.WAKE,
-            ],
-            args=[gen_id, "1" if restore_capacity else "0"],
-        )
+        await self._release(keys=self._slot_keys(account), args=[gen_id, "1" if restore_capacity else "0"])
+
+    @staticmethod
+    def _slot_keys(account: str) -> list[str]:
+        return [
+            keys.leases(account),
+            keys.submitting(account),
+            keys.running(account),
+            keys.account(account),
+            keys.WAKE,
+        ]
+
+    @staticmethod
+    def _queue_keys(owner: str) -> list[str]:
+        return [keys.wait_queue(owner), keys.WAIT_ALL, keys.WAIT_OWNERS, keys.WAIT_TURN, keys.WAIT_PIN]
 
     async def drop_lease(self, gen_id: str, account: str) -> None:
         """Free the slot only; the generation stays claimed and its job takes a slot again."""
@@ -240,19 +238,8 @@ class Scheduler:
     ) -> None:
         """Release the slot taken on `account` and make the generation its owner's next one."""
         await self._requeue(
-            keys=[
-                keys.wait_queue(owner),
-                keys.WAIT_ALL,
-                keys.WAIT_OWNERS,
-                keys.WAIT_TURN,
-                keys.WAIT_PIN,
-                keys.WAKE,
-                keys.leases(account),
-                keys.submitting(account),
-                keys.running(account),
-                keys.account(account),
-            ],
-            args=[gen_id, owner, pin or "", "1" if restore_capacity else "0"],
+            keys=[*self._slot_keys(account), *self._queue_keys(owner)],
+            args=[gen_id, "1" if restore_capacity else "0", owner, pin or ""],
         )
 
     async def mark_running(self, gen_id: str, account: str, upstream_id: str, submitted_ts: float) -> None:
