@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.models import GenerationRecord
 from simulator.testing import RunningSimulator
+from tests.fixtures.simulator import wait_until
 from tests.fixtures.stack import TEST_KEYS, headers
 
 
@@ -34,6 +35,16 @@ async def records(redis: Redis, gen_ids: list[str]) -> list[GenerationRecord]:
 
 def all_terminal(found: list[GenerationRecord], expected: int) -> bool:
     return len(found) == expected and all(record.terminal for record in found)
+
+
+async def wait_all_terminal(redis: Redis, gen_ids: list[str], within: float) -> list[GenerationRecord]:
+    """Wait until every generation has ended (completed or failed) and return their records."""
+
+    async def finished() -> bool:
+        return all_terminal(await records(redis, gen_ids), len(gen_ids))
+
+    await wait_until(finished, within=within, interval=0.2)
+    return await records(redis, gen_ids)
 
 
 def creates_per_prompt(simulator: RunningSimulator) -> Counter[str]:

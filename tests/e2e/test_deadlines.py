@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from shared.models import FailureReason
 from simulator.testing import RunningSimulator
-from tests.e2e.helpers import all_terminal, create_many, records
+from tests.e2e.helpers import create_many, records, wait_all_terminal
 from tests.fixtures.simulator import simulator_with, wait_until
 from tests.fixtures.stack import WorkerProcess, accounts_for, headers
 
@@ -50,11 +50,7 @@ async def test_completed_without_a_video_for_too_long_fails_with_its_reason(
     start_worker(accounts_for(simulator, {"sim-1": 1}), MISSING_VIDEO_DEADLINE_SECONDS=1)
     ids = await create_many(api_client, ["never a url"])
 
-    async def finished() -> bool:
-        return all_terminal(await records(redis, ids), 1)
-
-    await wait_until(finished, within=20)
-    [record] = await records(redis, ids)
+    [record] = await wait_all_terminal(redis, ids, within=20)
     assert record.state == "failed"
     assert record.failure_reason == FailureReason.COMPLETED_WITHOUT_VIDEO
 
@@ -70,10 +66,6 @@ async def test_a_generation_pending_upstream_past_the_deadline_fails_with_its_re
     start_worker(accounts_for(simulator, {"sim-1": 1}), UPSTREAM_PENDING_DEADLINE_SECONDS=1)
     ids = await create_many(api_client, ["stuck in luma's queue", "behind it"])
 
-    async def finished() -> bool:
-        return all_terminal(await records(redis, ids), 2)
-
-    await wait_until(finished, within=30)
-    found = await records(redis, ids)
+    found = await wait_all_terminal(redis, ids, within=30)
     assert [record.failure_reason for record in found] == [FailureReason.UPSTREAM_PENDING_TIMEOUT] * 2
     assert all(record.failure_message for record in found)

@@ -16,7 +16,7 @@ from api.app import create_app
 from shared.models import FailureReason
 from simulator.config import AccountSpec
 from simulator.testing import RunningSimulator
-from tests.e2e.helpers import all_terminal, create_many, creates_per_prompt, records
+from tests.e2e.helpers import create_many, creates_per_prompt, records, wait_all_terminal
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.simulator import simulator_with, wait_until
 from tests.fixtures.stack import WorkerProcess, accounts_for, api_settings, headers
@@ -55,11 +55,7 @@ async def test_a_worker_killed_around_the_create_never_creates_twice(
         assert len(simulator.state.generation_reports()) == 1, "the crash came after exactly one create"
     start_worker(pool, **CRASH_SETTINGS)
 
-    async def finished() -> bool:
-        return all_terminal(await records(redis, ids), 4)
-
-    await wait_until(finished, within=60, interval=0.2)
-    found = await records(redis, ids)
+    found = await wait_all_terminal(redis, ids, within=60)
     assert settled(found), [(record.state, record.failure_message) for record in found]
     assert all(count == 1 for count in creates_per_prompt(simulator).values())
     if fault_point == "after_create":
@@ -85,11 +81,7 @@ async def test_a_worker_killed_while_the_create_is_in_flight_adopts_it_after_res
     simulator.state.update_config({"hang_after_create_seconds": 0})
     start_worker(pool, **CRASH_SETTINGS)
 
-    async def finished() -> bool:
-        return all_terminal(await records(redis, [gen_id]), 1)
-
-    await wait_until(finished, within=60, interval=0.2)
-    [record] = await records(redis, [gen_id])
+    [record] = await wait_all_terminal(redis, [gen_id], within=60)
     assert record.state == "completed"
     assert creates_per_prompt(simulator) == {"in flight": 1}
 
@@ -134,11 +126,7 @@ async def test_redis_killed_and_restarted_mid_run_loses_no_accepted_generation(
         fresh_redis_server.start()
         redis = Redis.from_url(fresh_redis_server.url)
 
-        async def finished() -> bool:
-            return all_terminal(await records(redis, ids), 100)
-
-        await wait_until(finished, within=120, interval=0.5)
-        found = await records(redis, ids)
+        found = await wait_all_terminal(redis, ids, within=120)
         assert settled(found), [(r.state, r.failure_message) for r in found if r.state != "completed"]
         assert all(count == 1 for count in creates_per_prompt(simulator).values())
         assert "while redis is down" not in creates_per_prompt(simulator)
@@ -168,11 +156,7 @@ async def test_upstream_outage_errors_and_slowness_are_absorbed(
     await _pause(2.0)
     simulator.state.update_config({"error_rate": 0.0, "slow_rate": 0.5, "slow_seconds": 0.5})
 
-    async def finished() -> bool:
-        return all_terminal(await records(redis, ids), 24)
-
-    await wait_until(finished, within=90, interval=0.2)
-    found = await records(redis, ids)
+    found = await wait_all_terminal(redis, ids, within=90)
     assert [record.state for record in found] == ["completed"] * 24, [r.failure_message for r in found]
     assert all(count == 1 for count in creates_per_prompt(simulator).values())
 
@@ -198,11 +182,7 @@ async def test_sigterm_stops_a_worker_cleanly_and_another_finishes_the_run(
     assert time.monotonic() - started < 10
     start_worker(pool)
 
-    async def finished() -> bool:
-        return all_terminal(await records(redis, ids), 30)
-
-    await wait_until(finished, within=90, interval=0.2)
-    found = await records(redis, ids)
+    found = await wait_all_terminal(redis, ids, within=90)
     assert settled(found)
     assert all(count == 1 for count in creates_per_prompt(simulator).values())
 

@@ -12,7 +12,13 @@ from redis.asyncio import Redis
 from shared import keys
 from simulator.config import AccountSpec
 from simulator.testing import RunningSimulator
-from tests.e2e.helpers import all_terminal, create_many, creates_per_prompt, max_in_flight, records
+from tests.e2e.helpers import (
+    create_many,
+    creates_per_prompt,
+    max_in_flight,
+    records,
+    wait_all_terminal,
+)
 from tests.fixtures.simulator import simulator_with, wait_until
 from tests.fixtures.stack import ADMIN_KEY, TEST_KEYS, WorkerProcess, accounts_for, headers
 
@@ -42,11 +48,7 @@ async def test_three_workers_fill_three_accounts_without_overdrawing_any(
     alice = await create_many(api_client, [f"alice {n}" for n in range(140)], key=TEST_KEYS[0])
     bob = await create_many(api_client, [f"bob {n}" for n in range(60)], key=TEST_KEYS[1])
 
-    async def finished() -> bool:
-        return all_terminal(await records(redis, alice + bob), 200)
-
-    await wait_until(finished, within=120, interval=0.2)
-    done = await records(redis, alice + bob)
+    done = await wait_all_terminal(redis, alice + bob, within=120)
     assert [record.state for record in done] == ["completed"] * 200
     assert all(count == 1 for count in creates_per_prompt(simulator).values())
     peaks = max_in_flight(simulator)
@@ -91,11 +93,8 @@ async def test_slots_held_by_a_killed_worker_come_back_and_the_work_completes(
     assert held_at_kill > 0
     start_worker(pool)
 
-    async def finished() -> bool:
-        return all_terminal(await records(redis, ids), 8)
-
-    await wait_until(finished, within=60, interval=0.2)
-    assert [record.state for record in await records(redis, ids)] == ["completed"] * 8
+    found = await wait_all_terminal(redis, ids, within=60)
+    assert [record.state for record in found] == ["completed"] * 8
     assert all(count == 1 for count in creates_per_prompt(simulator).values())
     assert max_in_flight(simulator)["sim-1"] <= 2
 
@@ -149,11 +148,8 @@ async def test_an_expired_account_hands_its_work_to_the_others(
     )
     assert response.status == 200, await response.text()
 
-    async def finished() -> bool:
-        return all_terminal(await records(redis, ids), 30)
-
-    await wait_until(finished, within=60, interval=0.2)
-    assert [record.state for record in await records(redis, ids)] == ["completed"] * 30
+    found = await wait_all_terminal(redis, ids, within=60)
+    assert [record.state for record in found] == ["completed"] * 30
     assert all(count == 1 for count in creates_per_prompt(simulator).values())
 
 
@@ -185,11 +181,8 @@ async def test_accounts_added_and_disabled_at_run_time_change_where_work_goes(
     assert disabled.status == 200
     creates_on_sim1 = len(simulator.state.generation_reports("sim-1"))
 
-    async def finished() -> bool:
-        return all_terminal(await records(redis, ids), 12)
-
-    await wait_until(finished, within=60, interval=0.2)
-    assert [record.state for record in await records(redis, ids)] == ["completed"] * 12
+    found = await wait_all_terminal(redis, ids, within=60)
+    assert [record.state for record in found] == ["completed"] * 12
     # A create already claimed when the switch came may still land; nothing after it.
     assert len(simulator.state.generation_reports("sim-1")) <= creates_on_sim1 + 1
     assert max_in_flight(simulator)["sim-2"] <= 3
