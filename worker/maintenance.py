@@ -98,7 +98,9 @@ async def _sweep_claim(deps: Deps, account: str, gen_id: str) -> None:
         )
         return
     if record.upstream_id:
-        await deps.scheduler.mark_running(gen_id, record.account or account, record.upstream_id, time.time())
+        await deps.scheduler.mark_running(
+            gen_id, record.account or account, record.submitted_ts or time.time(), first_poll_in=0
+        )
         return
     if record.account not in (None, account):
         # A stale claim on another account; the generation moved on.

@@ -145,6 +145,22 @@ return 1
 """
 )
 
+# A created generation joins the account's polled set. KEYS: submitting, running, leases,
+# account, poll lock; ARGV: gen id, upstream created ms, lease expiry ms, ms until it may end.
+_MARK_RUNNING = """
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'usage_seq', 1)
+-- The poll lock's lifetime is the wait until the account's next poll. A poll that found nothing
+-- left running schedules the next one far off; pull it in to when this generation may end.
+-- (No lock means a poll is due now anyway: creating one here could only delay it.)
+if redis.call('PTTL', KEYS[5]) > tonumber(ARGV[4]) then
+  redis.call('SET', KEYS[5], 'new-run', 'PX', ARGV[4])
+end
+return 1
+"""
+
 # Record a fresh usage reading unless a claim or release changed the account meanwhile.
 # KEYS: account, submitting; ARGV: usage_seq seen before the call, available, capacity,
 # consumed, usage JSON. Claimed-but-not-created generations are not in the upstream's count yet,
@@ -176,6 +192,7 @@ class Scheduler:
         self._release = redis.register_script(_RELEASE)
         self._requeue = redis.register_script(_REQUEUE_FRONT)
         self._usage = redis.register_script(_USAGE)
+        self._mark_running = redis.register_script(_MARK_RUNNING)
 
     async def claim(self) -> Claim | None:
         answer = await self._claim(
@@ -242,14 +259,25 @@ class Scheduler:
             args=[gen_id, "1" if restore_capacity else "0", owner, pin or ""],
         )
 
-    async def mark_running(self, gen_id: str, account: str, upstream_id: str, submitted_ts: float) -> None:
+    async def mark_running(
+        self, gen_id: str, account: str, submitted_ts: float, first_poll_in: float
+    ) -> None:
         """The create is recorded: poll it from now on; its capacity is now the upstream's count."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.srem(keys.submitting(account), gen_id)
-            pipe.zadd(keys.running(account), {gen_id: int(submitted_ts * 1000)})
-            pipe.zadd(keys.leases(account), {gen_id: _now_ms() + self.lease_ms})
-            pipe.hincrby(keys.account(account), "usage_seq", 1)
-            await pipe.execute()
+        await self._mark_running(
+            keys=[
+                keys.submitting(account),
+                keys.running(account),
+                keys.leases(account),
+                keys.account(account),
+                keys.poll_lock(account),
+            ],
+            args=[
+                gen_id,
+                int(submitted_ts * 1000),
+                _now_ms() + self.lease_ms,
+                max(1, int(first_poll_in * 1000)),
+            ],
+        )
 
     async def usage_seq(self, account: str) -> str:
         return str(await self.redis.hget(keys.account(account), "usage_seq") or "0")

@@ -56,7 +56,9 @@ async def submit(ctx: dict[str, Any], gen_id: str, account: str) -> str:
         return "already finished"
     if record.upstream_id:
         # A rerun after the id was recorded: make sure the poller knows it.
-        await deps.scheduler.mark_running(gen_id, record.account or account, record.upstream_id, time.time())
+        await deps.scheduler.mark_running(
+            gen_id, record.account or account, record.submitted_ts or time.time(), first_poll_in=0
+        )
         return "already created"
     if record.intent is not None:
         return await reconcile(deps, record)
@@ -153,7 +155,9 @@ async def record_created(deps: Deps, record: GenerationRecord, upstream: dict[st
         log.error("intent_superseded_after_create", upstream_id=upstream_id)
         return "superseded"
     assert record.account is not None
-    await deps.scheduler.mark_running(record.id, record.account, upstream_id, record.submitted_ts)
+    await deps.scheduler.mark_running(
+        record.id, record.account, record.submitted_ts, first_poll_in=await deps.store.generation_seconds()
+    )
     log.info("generation_created", upstream_id=upstream_id)
     return "created"
 
