@@ -123,7 +123,9 @@ async def finish(deps: Deps, record: GenerationRecord, state: State) -> None:
         # Capacity was only spent if a create was made.
         await deps.scheduler.release(record.id, record.account, restore_capacity=record.upstream_id is None)
     if state == "completed" and record.submitted_ts:
-        await deps.store.record_generation_seconds(_measured_seconds(record, now))
+        measured = await _measured_seconds(deps, record, record.submitted_ts, now)
+        if measured is not None:
+            await deps.store.record_generation_seconds(measured)
     log.info(
         "generation_finished",
         generation_id=record.id,
@@ -133,8 +135,15 @@ async def finish(deps: Deps, record: GenerationRecord, state: State) -> None:
     )
 
 
-def _measured_seconds(record: GenerationRecord, now: float) -> float:
-    """The run ended between the last reading that showed it live and this one: take the middle."""
-    start = record.submitted_ts or record.created_ts
-    last_live = record.last_live_ts or start
-    return max(0.0, (last_live + now) / 2 - start)
+async def _measured_seconds(deps: Deps, record: GenerationRecord, start: float, now: float) -> float | None:
+    """How long the run took upstream, as far as our readings can tell.
+
+    If a reading showed it still running, it ended between that reading and this one: take the
+    middle. If none did, `now - start` is only an upper bound: evidence when it is below the
+    current estimate (which is then too high), and nothing otherwise. Folding in the bare middle
+    of [start, now] instead would pull the estimate down to half the real time.
+    """
+    if record.last_live_ts is not None and record.last_live_ts > start:
+        return max(0.0, (record.last_live_ts + now) / 2 - start)
+    upper_bound = now - start
+    return upper_bound if upper_bound < await deps.store.generation_seconds() else None

@@ -34,9 +34,11 @@ from worker.luma import (
 log = structlog.get_logger(__name__)
 
 # Clocks differ between us and the upstream; a create's upstream time may be this far off ours.
-CLOCK_SKEW_SECONDS = 120.0
-# How far back a reconcile pages through an account's list before giving up on finding a match.
-RECONCILE_PAGES = 5
+CLOCK_SKEW_SECONDS = 30.0
+# How far back a reconcile pages through an account's list (pages of POLL_LIST_LIMIT) looking for
+# the intent's time; a busy account makes more generations than this only at rates far above
+# what a Luma account's concurrency allows.
+RECONCILE_PAGES = 20
 
 
 class AmbiguousMatch(Exception):
@@ -117,7 +119,11 @@ async def create(deps: Deps, record: GenerationRecord, account_name: str) -> str
     except UpstreamUnavailable as error:
         # A 5xx, a timeout or a garbled answer: the create may or may not have been made.
         await deps.upstream_fault(account_name)
-        log.warning("create_outcome_unknown", error=str(error))
+        log.warning("create_outcome_unknown", error=str(error), status=error.status)
+        if error.status is not None:
+            # The upstream answered, so whatever it did is done: a create it made is in its list now.
+            return await reconcile(deps, record, answered=True)
+        # No answer: the request may still be on its way; look once any create could have landed.
         raise Retry(defer=_reconcile_delay(deps, record.intent)) from error
     deps.fault_point("after_create")
     await deps.upstream_ok(account_name)
@@ -162,8 +168,11 @@ async def record_created(deps: Deps, record: GenerationRecord, upstream: dict[st
     return "created"
 
 
-async def reconcile(deps: Deps, record: GenerationRecord) -> str:
-    """An earlier attempt wrote an intent and never recorded an id: find what it made, if anything."""
+async def reconcile(deps: Deps, record: GenerationRecord, *, answered: bool = False) -> str:
+    """An earlier attempt wrote an intent and never recorded an id: find what it made, if anything.
+
+    `answered`: the attempt got an answer (an error), so no create of it can still be on its way.
+    """
     intent = record.intent
     assert intent is not None
     age = time.time() - intent.at
@@ -183,7 +192,7 @@ async def reconcile(deps: Deps, record: GenerationRecord) -> str:
     if match is not None:
         log.info("create_adopted", upstream_id=match.get("id"))
         return await record_created(deps, record, match, intent.fence)
-    if age < _settle_seconds(deps):
+    if not answered and age < _settle_seconds(deps):
         # A create sent just before the crash may not have landed yet: look again later.
         raise Retry(defer=_reconcile_delay(deps, intent))
     # Every create that could have been made has had time to show in the account's list, and

@@ -190,3 +190,20 @@ async def test_sigterm_stops_a_worker_cleanly_and_another_finishes_the_run(
 async def _pause(seconds: float) -> None:
     """Let time pass while the simulator (in this event loop) keeps serving."""
     await asyncio.sleep(seconds)
+
+
+@simulator_with(accounts=ONE_ACCOUNT, pending_seconds=0.02, processing_seconds=0.2)
+async def test_a_create_answered_with_an_error_is_checked_and_made_once(
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """A 503 on create: the list shows nothing was made, so the create is made again, exactly once."""
+    simulator.state.fail_next(503, count=2, path_contains="/generations/", method="POST")
+    start_worker(accounts_for(simulator, {"sim-1": 1}))
+    [gen_id] = await create_many(api_client, ["answered with an error"])
+    [record] = await wait_all_terminal(redis, [gen_id], within=30)
+    assert record.state == "completed"
+    assert record.submit_attempts == 3
+    assert creates_per_prompt(simulator) == {"answered with an error": 1}
