@@ -1,0 +1,395 @@
+"""A private stack for one benchmark run, and the readings every benchmark takes from it.
+
+    async with open_stack(tmp, config, limits, worker_settings, workers=2, keys=[...]) as stack:
+        await stack.wait_ready(deadline)
+        accepted = await submit_all(stack.api_url, [(key, prompt), ...], concurrency=50)
+        records = await wait_terminal(stack.redis, accepted.ids, deadline)
+
+The stack is a `redis-server` from PATH on a free port (AOF everysec, nothing else saved), the
+simulator and the api in this process's event loop, and `python -m cli.main worker` subprocesses.
+Everything it started is killed when the block ends, also on Ctrl-C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from api.app import create_app
+from shared import keys
+from shared.logs import configure_logging
+from shared.models import GenerationRecord
+from shared.settings import Settings
+from simulator.config import SimulatorConfig
+from simulator.models import RequestRecord
+from simulator.testing import RunningSimulator
+
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _kill_children() -> None:
+    for child in _CHILDREN:
+        if child.poll() is None:
+            child.kill()
+            with suppress(subprocess.TimeoutExpired):
+                child.wait(5)
+
+
+atexit.register(_kill_children)
+# Python's own SIGINT handler even when started with SIGINT ignored (`cmd &` in a script), so that
+# asyncio.run turns Ctrl-C into a cancellation of the main task and every `finally` below runs.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor() or "unknown",
+    )  # fmt: skip
+    redis_version = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "redis": next((part[2:] for part in redis_version if part.startswith("v=")), "unknown"),
+        "platform": platform.platform(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process, from /proc; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def spawn(
+    args: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    # Own session: a Ctrl-C reaches only this script, which then takes the children down in order.
+    with log.open("ab") as out:
+        child = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    _CHILDREN.append(child)
+    return child
+
+
+@dataclass
+class Worker:
+    env: dict[str, str]
+    directory: Path
+    index: int
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    cpu: float = 0.0  # CPU seconds of earlier incarnations
+
+    def start(self) -> None:
+        self.starts += 1
+        log = self.directory / f"worker-{self.index}-{self.starts}.log"
+        self.process = spawn([sys.executable, "-m", "cli.main", "worker"], log, self.directory, self.env)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would."""
+        if self.process is not None and self.process.poll() is None:
+            self.cpu += cpu_seconds(self.process.pid)
+            self.process.kill()
+            self.process.wait(10)
+
+    def cpu_total(self) -> float:
+        live = self.process is not None and self.process.poll() is None
+        return self.cpu + (cpu_seconds(self.process.pid) if live and self.process else 0.0)
+
+
+@dataclass
+class Stack:
+    directory: Path
+    redis: Redis
+    redis_process: subprocess.Popen[bytes]
+    simulator: RunningSimulator
+    api_url: str
+    workers: list[Worker] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    async def wait_ready(self, within: float = 60.0) -> None:
+        """Every account's usage read (claims need it) and every worker's dispatcher idle in BLPOP."""
+        deadline = time.monotonic() + within
+        accounts = list(self.simulator.state.accounts)
+        while time.monotonic() < deadline:
+            usage = [
+                await self.redis.hget(keys.account(name), "available")  # type: ignore[misc]
+                for name in accounts
+            ]
+            clients = await self.redis.client_list()
+            blocked = sum("b" in str(client.get("flags", "")) for client in clients)
+            if all(value is not None for value in usage) and blocked >= len(self.workers):
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"workers not ready within {within:.0f} s; logs in {self.directory}")
+
+    def cpu(self) -> dict[str, float]:
+        usage = {f"worker-{w.index}": round(w.cpu_total(), 1) for w in self.workers}
+        usage["redis"] = round(cpu_seconds(self.redis_process.pid), 1)
+        own = os.times()
+        usage["bench (api+simulator)"] = round(own.user + own.system, 1)
+        return usage
+
+
+def worker_env(redis_url: str, luma_accounts: str, settings: dict[str, object]) -> dict[str, str]:
+    """This shell's environment minus any setting, so workers run on defaults plus `settings`."""
+    env = {name: value for name, value in os.environ.items() if name.lower() not in Settings.model_fields}
+    env.update(REDIS_URL=redis_url, LUMA_ACCOUNTS=luma_accounts, LOG_JSON="true")
+    env.update({name: str(value) for name, value in settings.items()})
+    return env
+
+
+@asynccontextmanager
+async def open_stack(
+    directory: Path,
+    config: SimulatorConfig,
+    limits: dict[str, int],
+    worker_settings: dict[str, object],
+    *,
+    workers: int,
+    secret_keys: list[str],
+) -> AsyncIterator[Stack]:
+    """The stack in `directory` (which must exist): logs, the AOF and worker output stay there."""
+    main = asyncio.current_task()
+    if main is not None:  # SIGTERM stops the run the way Ctrl-C does: cancel, then clean up
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    configure_logging("WARNING", json_logs=False)  # the in-process api would log every request
+    # A worker SIGKILLed mid-request is expected here; the simulator's server need not trace it.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise SystemExit("redis-server is not on PATH")
+    port = free_port()
+    redis_process = spawn(
+        [executable, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+         "--maxmemory-policy", "noeviction", "--daemonize", "no"],
+        directory / "redis.log", directory,
+    )  # fmt: skip
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    simulator = RunningSimulator(config)
+    runner: web.AppRunner | None = None
+    stack: Stack | None = None
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await redis.ping()
+                break
+            except (RedisConnectionError, OSError):
+                if time.monotonic() > deadline or redis_process.poll() is not None:
+                    raise RuntimeError("redis-server did not start; see redis.log") from None
+                await asyncio.sleep(0.05)
+        await simulator.start()
+        api_settings = Settings(
+            _env_file=None,
+            redis_url=redis_url,
+            secret_key=secret_keys,
+            log_level="WARNING",
+        )
+        runner = web.AppRunner(create_app(api_settings), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        api_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        pool = json.dumps(
+            [
+                {"name": name, "cookie": f"access_token={simulator.state.account(name).token}",
+                 "base_url": simulator.url, "max_concurrency": limit}
+                for name, limit in limits.items()
+            ]
+        )  # fmt: skip
+        env = worker_env(redis_url, pool, worker_settings)
+        stack = Stack(directory, redis, redis_process, simulator, api_url)
+        stack.workers = [Worker(env, directory, index) for index in range(workers)]
+        for worker in stack.workers:
+            worker.start()
+        yield stack
+    finally:
+        for worker in stack.workers if stack else []:
+            worker.kill()
+        if runner is not None:
+            await runner.cleanup()
+        await simulator.stop()
+        with suppress(Exception):
+            await redis.aclose()
+        redis_process.terminate()
+        try:
+            redis_process.wait(10)
+        except subprocess.TimeoutExpired:
+            redis_process.kill()
+
+
+@dataclass
+class Accepted:
+    ids: list[str]
+    prompts: dict[str, str]  # gen id -> prompt
+    rejected: Counter[int]
+    first_accepted: float
+    seconds: float
+
+
+async def submit_all(api_url: str, jobs: list[tuple[str, str]], concurrency: int) -> Accepted:
+    """POST every (key, prompt) to /api/generations/create over HTTP, `concurrency` at a time."""
+    accepted: dict[int, tuple[str, str, float]] = {}
+    rejected: Counter[int] = Counter()
+    gate = asyncio.Semaphore(concurrency)
+    started = time.time()
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def one(index: int, key: str, prompt: str) -> None:
+            async with (
+                gate,
+                http.post(
+                    f"{api_url}/api/generations/create", json={"prompt": prompt}, headers={"Secret-Key": key}
+                ) as response,
+            ):
+                if response.status != 200:
+                    rejected[response.status] += 1
+                    return
+                body = await response.json()
+                accepted[index] = (body["data"][0]["id"], prompt, time.time())
+
+        await asyncio.gather(*(one(index, key, prompt) for index, (key, prompt) in enumerate(jobs)))
+    ordered = [accepted[index] for index in sorted(accepted)]
+    return Accepted(
+        ids=[gen_id for gen_id, _, _ in ordered],
+        prompts={gen_id: prompt for gen_id, prompt, _ in ordered},
+        rejected=rejected,
+        first_accepted=min((at for _, _, at in ordered), default=started),
+        seconds=time.time() - started,
+    )
+
+
+async def read_records(redis: Redis, gen_ids: list[str]) -> dict[str, GenerationRecord]:
+    found: dict[str, GenerationRecord] = {}
+    for start in range(0, len(gen_ids), 500):
+        chunk = gen_ids[start : start + 500]
+        for raw in await redis.mget([keys.generation(gen_id) for gen_id in chunk]):
+            if raw:
+                record = GenerationRecord.model_validate_json(raw)
+                found[record.id] = record
+    return found
+
+
+async def wait_terminal(
+    redis: Redis,
+    gen_ids: list[str],
+    within: float,
+    interval: float = 0.5,
+    progress: Callable[[dict[str, GenerationRecord]], None] | None = None,
+) -> tuple[dict[str, GenerationRecord], bool]:
+    """Read the records until every one is terminal or `within` seconds pass; (records, all done)."""
+    deadline = time.monotonic() + within
+    while True:
+        records = await read_records(redis, gen_ids)
+        done = len(records) == len(gen_ids) and all(record.terminal for record in records.values())
+        if progress is not None:
+            progress(records)
+        if done or time.monotonic() > deadline:
+            return records, done
+        await asyncio.sleep(interval)
+
+
+def endpoint(request: RequestRecord) -> str | None:
+    """Which Luma call a logged request was; None for the simulator's own paths."""
+    path = request.path
+    if not path.startswith("/api/"):
+        return None
+    if path == "/api/photon/v1/generations/" and request.method == "POST":
+        return "create"
+    if path.startswith("/api/photon/v1/user/generations"):
+        return "list"
+    if path.endswith("/subscription/usage"):
+        return "usage"
+    if path.startswith("/api/users/v1/me"):
+        return "me"
+    if path.startswith("/api/photon/v1/generations/") and request.method == "GET":
+        return "get"
+    return "other"
+
+
+def upstream_requests(simulator: RunningSimulator) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for request in simulator.state.requests():
+        name = endpoint(request)
+        if name is not None:
+            counts[name] += 1
+            if request.status >= 300:
+                counts[f"{name} (non-2xx)"] += 1
+    return counts
+
+
+def log_events(directory: Path, levels: tuple[str, ...] = ("warning", "error", "critical")) -> Counter[str]:
+    """How often each event was logged at `levels` by every worker incarnation (JSON lines)."""
+    events: Counter[str] = Counter()
+    for path in sorted(directory.glob("worker-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if line.strip():
+                    events["(non-JSON output)"] += 1
+                continue
+            if isinstance(entry, dict) and entry.get("level") in levels:
+                events[f"{entry['level']}: {entry.get('event')}"] += 1
+    return events
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """Mean, median, p95 and max, rounded to milliseconds; empty -> {}."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {
+        "mean": round(sum(ordered) / len(ordered), 3),
+        "p50": round(pick(0.5), 3),
+        "p95": round(pick(0.95), 3),
+        "max": round(ordered[-1], 3),
+    }
