@@ -204,5 +204,8 @@ def views(
         if position is not None and pool is not None:
             estimate = GenerationStore.estimate_wait(position, pool)
             wait = None if math.isinf(estimate) else estimate
+        elif record.phase == Phase.WAITING and position is None:
+            # Read as waiting, yet no longer in the queue: a worker claimed it a moment ago.
+            wait = 0.0
         shown.append(record.view(queue_position=position, estimate_wait_seconds=wait))
     return shown

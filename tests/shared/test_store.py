@@ -8,8 +8,9 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from shared import keys
 from shared.models import CreateRequest, GenerationRecord, Phase
-from shared.store import GenerationStore, PoolSnapshot, QueueFull
+from shared.store import GenerationStore, PoolSnapshot, QueueFull, views
 
 
 @pytest_asyncio.fixture
@@ -76,3 +77,14 @@ def test_view_keeps_upstream_fields_but_our_id_and_hides_a_video_until_completed
     assert shown["video"] is None
     record.state = "completed"
     assert record.view()["video"] == {"url": "v.mp4"}
+
+
+async def test_a_generation_claimed_between_write_and_read_shows_no_wait(store: GenerationStore) -> None:
+    """The create answer is built after a worker may already have taken it: wait 0, no place."""
+    [record] = await enqueue(store, "alice", 1)
+    await store.redis.zrem(keys.wait_queue(record.owner), record.id)  # what a claim does
+    positions = await store.waiting_positions([record])
+    pool = PoolSnapshot(total_slots=3, free_slots=2, generation_seconds=60)
+    [shown] = views([record], positions, pool)
+    assert shown["queue_position"] is None
+    assert shown["estimate_wait_seconds"] == 0.0
