@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.redis import RedisServer
-
 ROOT = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = {
     "api": "HTTP api",
@@ -110,11 +108,10 @@ def test_dev_refuses_a_taken_redis_port(tmp_path: Path) -> None:
     assert not (tmp_path / ".run" / "logs").exists()
 
 
-def test_worker_without_accounts_exits_with_a_clear_message(
-    tmp_path: Path, redis_server: RedisServer
-) -> None:
+def test_worker_without_accounts_exits_with_a_clear_message(tmp_path: Path, redis_url: str) -> None:
     """With neither LUMA_ACCOUNTS nor ACCESS_TOKEN, the worker refuses to start and says what to set."""
-    result = luma_queue("worker", cwd=tmp_path, timeout=60, REDIS_URL=redis_server.url)
+    # redis_url is an emptied database: no account added through the admin API either.
+    result = luma_queue("worker", cwd=tmp_path, timeout=60, REDIS_URL=redis_url)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "LUMA_ACCOUNTS" in output or "ACCESS_TOKEN" in output, output
