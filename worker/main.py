@@ -133,12 +133,14 @@ def run(settings: Settings) -> int:
     """Run a worker until SIGTERM/SIGINT; reconnects with backoff while Redis is away."""
     configure_logging(settings.log_level, settings.log_json)
     if not settings.accounts():
+        problem = NO_ACCOUNT_MESSAGE
         try:
             has_accounts = asyncio.run(_registry_has_accounts(settings))
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             has_accounts = False
+            problem += f" (Accounts added through the admin API could not be read either: {error})"
         if not has_accounts:
-            print(f"luma-queue worker: {NO_ACCOUNT_MESSAGE}", file=sys.stderr)
+            print(f"luma-queue worker: {problem}", file=sys.stderr)
             return 2
     stop_requested = False
 
