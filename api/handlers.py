@@ -64,7 +64,9 @@ async def create_generation(request: web.Request, caller: Caller) -> web.Respons
     body = await body_as(request, CreateRequest)
     app = request.app
     record = GenerationRecord.new(caller.owner, body)
-    max_depth = await pool.max_queue_depth(app[REGISTRY], app[SETTINGS])
+    # Read once: it bounds the queue here and feeds the answer's estimate below.
+    accounts = await app[REGISTRY].all()
+    max_depth = pool.max_queue_depth(accounts, app[SETTINGS])
     try:
         await app[STORE].enqueue_new(record, max_depth=max_depth, pin=await _upload_account(request, body))
     except QueueFull:
@@ -73,7 +75,8 @@ async def create_generation(request: web.Request, caller: Caller) -> web.Respons
             f"the queue is full ({max_depth} waiting); nothing was stored, retry in {retry_after}s",
             headers={"Retry-After": str(retry_after)},
         ) from None
-    return web.json_response({"message": "Success", "data": await _views(request, [record])})
+    shown = await pool.caller_views(app[REGISTRY], app[STORE], [record], accounts)
+    return web.json_response({"message": "Success", "data": shown})
 
 
 @requires(Access.HOLDER)

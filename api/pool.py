@@ -13,9 +13,16 @@ from shared.settings import Settings
 from shared.store import GenerationStore, PoolSnapshot, views
 
 
-async def snapshot(registry: AccountRegistry, store: GenerationStore) -> PoolSnapshot:
-    """Slots of the active accounts, how many are free now, and how long a generation takes."""
-    active = [account for account in await registry.all() if account.state == AccountState.ACTIVE]
+async def snapshot(
+    registry: AccountRegistry, store: GenerationStore, accounts: list[Account] | None = None
+) -> PoolSnapshot:
+    """Slots of the active accounts, how many are free now, and how long a generation takes.
+
+    `accounts`: the registry as the caller already read it, to save reading it again.
+    """
+    if accounts is None:
+        accounts = await registry.all()
+    active = [account for account in accounts if account.state == AccountState.ACTIVE]
     in_flight = await registry.in_flight([account.name for account in active])
     return PoolSnapshot(
         total_slots=sum(account.max_concurrency for account in active),
@@ -25,7 +32,10 @@ async def snapshot(registry: AccountRegistry, store: GenerationStore) -> PoolSna
 
 
 async def caller_views(
-    registry: AccountRegistry, store: GenerationStore, records: list[GenerationRecord]
+    registry: AccountRegistry,
+    store: GenerationStore,
+    records: list[GenerationRecord],
+    accounts: list[Account] | None = None,
 ) -> list[dict[str, Any]]:
     """Seed-shaped views; waiting ones get a queue place and an estimate.
 
@@ -33,13 +43,13 @@ async def caller_views(
     one index read and one MGET.
     """
     positions = await store.waiting_positions(records)
-    pool = await snapshot(registry, store) if positions else None
+    pool = await snapshot(registry, store, accounts) if positions else None
     return views(records, positions, pool)
 
 
-async def max_queue_depth(registry: AccountRegistry, settings: Settings) -> int:
+def max_queue_depth(accounts: list[Account], settings: Settings) -> int:
     """MAX_QUEUE_DEPTH, lowered to the accounts' own `max_queue` when every one of them sets it."""
-    accounts = [account for account in await registry.all() if account.state != AccountState.DISABLED]
+    accounts = [account for account in accounts if account.state != AccountState.DISABLED]
     depth = settings.max_queue_depth
     bounds = [account.max_queue for account in accounts if account.max_queue is not None]
     if accounts and len(bounds) == len(accounts):
