@@ -13,23 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.stack import free_port, machine
 
 from api.app import create_app
 from api.auth import owner_id
@@ -40,22 +34,6 @@ from shared.settings import Settings
 
 KEY = "bench-key"
 BATCH = 10_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def machine() -> dict[str, object]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
 
 
 async def fill(redis: Redis, count: int, retention: int) -> None:
