@@ -19,10 +19,14 @@ Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     account:{name}:leases    zset    gen id -> lease expiry ms; one entry per slot in use
     account:{name}:submitting set    gen ids claimed on this account but not yet created upstream
     account:{name}:running   zset    gen id -> upstream created ms; generations to poll
-    account:{name}:poll      string  lock: the worker that polls this account this tick
+    account:{name}:poll      string  lock: its lifetime is the wait until the account's next poll
+    account:{name}:usage-lock / :heartbeat-lock   locks: one worker reads usage / keeps alive per period
+    lock:sweep               string  lock: one worker sweeps per period
     stats:gen-seconds        string  measured recent generation time (EWMA), for estimates
     fence                    string  fencing token counter for create intents
     dispatch:seq             string  counts claims: the global order in which generations start
+
+arq's own keys live under its `arq:` prefix; our jobs go to the queue ARQ_QUEUE below.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ and shared/accounts.py; this module reads some of it to tell a caller where it s
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,9 +130,6 @@ class GenerationStore:
         )
         return bool(saved)
 
-    async def queue_depth(self) -> int:
-        return int(await self.redis.zcard(keys.WAIT_ALL))
-
     async def waiting_positions(self, records: list[GenerationRecord]) -> dict[str, int]:
         """1-based places in the pool's queue, as the round-robin between owners will serve them.
 
@@ -187,10 +183,6 @@ class GenerationStore:
             return math.inf
         rounds = (ahead - pool.free_slots) // pool.total_slots + 1
         return round(rounds * pool.generation_seconds, 1)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def views(
