@@ -18,7 +18,7 @@ from shared.accounts import AccountRegistry
 from shared.logs import configure_logging
 from shared.queue import create_arq_pool
 from shared.settings import Settings
-from shared.store import GenerationStore
+from shared.store import generation_store
 
 # A Redis that stops answering must turn into a 503, not a request that hangs.
 REDIS_TIMEOUT_SECONDS = 5.0
@@ -41,11 +41,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
     )
     app[REDIS] = client
-    app[STORE] = GenerationStore(
-        client,
-        retention_seconds=settings.record_retention_seconds,
-        default_generation_seconds=settings.default_generation_seconds,
-    )
+    app[STORE] = generation_store(client, settings)
     app[REGISTRY] = AccountRegistry(client)
     yield
     await client.aclose()

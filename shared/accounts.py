@@ -11,7 +11,6 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,14 +18,9 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.cookies import normalize_cookie
+from shared.health import AccountHealth
+from shared.health import AccountState as AccountState  # re-exported: the registry's vocabulary
 from shared.settings import AccountConfig
-
-
-class AccountState(StrEnum):
-    ACTIVE = "active"
-    EXPIRED = "expired"  # the upstream answered 401: needs a new cookie from an operator
-    SPENT = "spent"  # the monthly capacity is used up
-    DISABLED = "disabled"  # an operator took it out of the pool
 
 
 class AccountExists(Exception):
@@ -42,6 +36,7 @@ class Account:
     """An account as a worker uses it, cookie included."""
 
     name: str
+    kind: str
     cookie: str
     base_url: str
     max_concurrency: int
@@ -53,6 +48,7 @@ class Account:
     capacity: int | None
     consumed: int | None
     breaker_until: float
+    breaker_reason: str
     usage: dict[str, Any] | None
 
     @property
@@ -71,6 +67,9 @@ class AccountView(BaseModel):
     state: str
     state_reason: str | None
     state_at: float | None
+    # Resting after a 429 or a run of upstream failures (see shared/health.py), and why.
+    cooling: bool
+    cooling_reason: str | None
     base_url: str
     limit: int
     max_queue: int | None
@@ -90,8 +89,10 @@ def _int_or_none(value: str | None) -> int | None:
 
 
 class AccountRegistry:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, health: AccountHealth | None = None) -> None:
         self.redis = redis
+        # Operators' changes of state (enable, disable, a new cookie) go through the one home.
+        self.health = health if health is not None else AccountHealth(redis)
 
     async def sync_from_settings(self, configs: list[AccountConfig]) -> None:
         """Add configured accounts; re-apply one whose configuration changed since last start.
@@ -112,24 +113,28 @@ class AccountRegistry:
         await self._write_config(config, "admin")
 
     async def _write_config(self, config: AccountConfig, config_hash: str) -> None:
-        mapping = {
+        """Write an account's configuration; a new account starts active, a reconfigured one too."""
+        mapping: dict[str, Any] = {
             "name": config.name,
+            "kind": config.kind,
             "cookie": normalize_cookie(config.cookie),
             "base_url": (config.base_url or "").rstrip("/"),
             "max_concurrency": config.max_concurrency,
             "max_queue": "" if config.max_queue is None else config.max_queue,
-            "state": AccountState.ACTIVE.value,
-            "state_reason": "",
-            "state_at": time.time(),
             "breaker_until": 0,
             "failures": 0,
             "config_hash": config_hash,
         }
+        key = keys.account(config.name)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.account(config.name), mapping=mapping)
+            # A brand-new account's first state is no change of state: no event for it.
+            pipe.hsetnx(key, "state", AccountState.ACTIVE.value)
+            pipe.hsetnx(key, "state_at", str(time.time()))
+            pipe.hset(key, mapping=mapping)
             pipe.sadd(keys.ACCOUNTS, config.name)
-            pipe.lpush(keys.WAKE, "1")
             await pipe.execute()
+        await self.health.set_state(config.name, AccountState.ACTIVE, "")
+        await self.redis.lpush(keys.WAKE, "1")
 
     async def update(
         self,
@@ -142,26 +147,23 @@ class AccountRegistry:
         clear_max_queue: bool = False,
     ) -> None:
         """An operator's change. A new cookie revives an expired account; enabling a disabled one."""
-        account = await self.get(name)
+        await self.get(name)  # UnknownAccount before anything is written
         mapping: dict[str, Any] = {}
         if cookie is not None:
             mapping["cookie"] = normalize_cookie(cookie)
-            if account.state == AccountState.EXPIRED:
-                mapping.update(state=AccountState.ACTIVE.value, state_reason="", state_at=time.time())
         if max_concurrency is not None:
             mapping["max_concurrency"] = max_concurrency
         if max_queue is not None or clear_max_queue:
             mapping["max_queue"] = "" if max_queue is None else max_queue
-        if enabled is False:
-            mapping.update(state=AccountState.DISABLED.value, state_reason="disabled by an operator")
-            mapping["state_at"] = time.time()
-        elif enabled is True and account.state == AccountState.DISABLED:
-            mapping.update(state=AccountState.ACTIVE.value, state_reason="", state_at=time.time())
         if mapping:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.account(name), mapping=mapping)
-                pipe.lpush(keys.WAKE, "1")
-                await pipe.execute()
+            await self.redis.hset(keys.account(name), mapping=mapping)
+        if cookie is not None:
+            await self.health.set_state(name, AccountState.ACTIVE, "", expect=(AccountState.EXPIRED,))
+        if enabled is False:
+            await self.health.set_state(name, AccountState.DISABLED, "disabled by an operator")
+        elif enabled is True:
+            await self.health.set_state(name, AccountState.ACTIVE, "", expect=(AccountState.DISABLED,))
+        await self.redis.lpush(keys.WAKE, "1")
 
     async def names(self) -> list[str]:
         return sorted(await self.redis.smembers(keys.ACCOUNTS))
@@ -185,6 +187,7 @@ class AccountRegistry:
         usage = fields.get("usage")
         return Account(
             name=fields["name"],
+            kind=fields.get("kind", "web"),
             cookie=fields.get("cookie", ""),
             base_url=fields.get("base_url", ""),
             max_concurrency=int(fields.get("max_concurrency", 3)),
@@ -196,6 +199,7 @@ class AccountRegistry:
             capacity=_int_or_none(fields.get("capacity")),
             consumed=_int_or_none(fields.get("consumed")),
             breaker_until=float(fields.get("breaker_until") or 0) / 1000,
+            breaker_reason=fields.get("breaker_reason", ""),
             usage=json.loads(usage) if usage else None,
         )
 
@@ -225,6 +229,8 @@ class AccountRegistry:
                 capacity=account.capacity,
                 consumed=account.consumed,
                 breaker_open=account.breaker_open,
+                cooling=account.breaker_open,
+                cooling_reason=account.breaker_reason or None if account.breaker_open else None,
             )
             for account in accounts
         ]
@@ -234,7 +240,5 @@ class AccountRegistry:
         await self.redis.hset(keys.account(name), "cookie", cookie)
 
     async def mark(self, name: str, state: AccountState, reason: str) -> None:
-        await self.redis.hset(
-            keys.account(name),
-            mapping={"state": state.value, "state_reason": reason, "state_at": time.time()},
-        )
+        """Put the account in `state`, through the one home of account health."""
+        await self.health.set_state(name, state, reason)

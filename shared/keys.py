@@ -1,11 +1,19 @@
 """Every Redis key, queue name and lock name the project uses, on one screen.
 
-Records and indexes:
+Records and indexes (written only by shared/store.py's transition):
     gen:{id}                 string  JSON GenerationRecord; expires after the retention period
+    gen:{id}:events          list    the generation's own history: one JSON event per transition
     owner:{owner}:gens       zset    gen id -> created_at ms; one key holder's list, newest last
+    owner:{owner}:state:{s}  zset    the same, for the holder's generations in public state s
+    owner:{owner}:batch:{b}  zset    the same, for one batch of the holder's
+    owner:{owner}:batch:{b}:state:{s}   zset  a batch's generations in public state s
     upstream:{upstream_id}   string  gen id that owns this upstream generation (adoption guard)
     upload:{id}              string  the uploaded bytes, until a worker has put them upstream
     upload-account:{hash}    string  account that holds an uploaded image (by public_url hash)
+
+The event log (shared/events.py has the schema of an event):
+    events                   stream  every transition of every generation, and account health
+    events:{owner}           stream  one key holder's generation events, same entry ids
 
 Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     wait:owners              zset    owner -> turn; the owner with the lowest turn is served next
@@ -49,14 +57,35 @@ GEN_SECONDS = PREFIX + "stats:gen-seconds"
 FENCE = PREFIX + "fence"
 DISPATCH_SEQ = PREFIX + "dispatch:seq"
 SWEEP_LOCK = PREFIX + "lock:sweep"
+EVENTS = PREFIX + "events"
 
 
 def generation(gen_id: str) -> str:
     return f"{PREFIX}gen:{gen_id}"
 
 
+def generation_events(gen_id: str) -> str:
+    return f"{PREFIX}gen:{gen_id}:events"
+
+
 def owner_index(owner: str) -> str:
     return f"{PREFIX}owner:{owner}:gens"
+
+
+def owner_state_index(owner: str, state: str) -> str:
+    return f"{PREFIX}owner:{owner}:state:{state}"
+
+
+def batch_index(owner: str, batch_id: str) -> str:
+    return f"{PREFIX}owner:{owner}:batch:{batch_id}"
+
+
+def batch_state_index(owner: str, batch_id: str, state: str) -> str:
+    return f"{PREFIX}owner:{owner}:batch:{batch_id}:state:{state}"
+
+
+def owner_events(owner: str) -> str:
+    return f"{PREFIX}events:{owner}"
 
 
 def upstream(upstream_id: str) -> str:

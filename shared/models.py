@@ -2,37 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-State = Literal["pending", "processing", "completed", "failed"]
+from shared.states import PUBLIC_STATE, TERMINAL_PHASES, Phase, State
+
+# Re-exported: code that only needs a record's vocabulary imports it from here.
+from shared.states import FailureReason as FailureReason
+
 TERMINAL_STATES: frozenset[str] = frozenset({"completed", "failed"})
 
-
-class Phase(StrEnum):
-    """Where a generation is in our pipeline; callers see `state`, operators see this too."""
-
-    WAITING = "waiting"  # in its owner's wait queue, holds nothing
-    SUBMITTING = "submitting"  # holds a lease on `account`, the create is being made
-    RUNNING = "running"  # created upstream (`upstream_id` set), polled until terminal
-    DONE = "done"  # terminal: `state` is completed or failed
-
-
-class FailureReason(StrEnum):
-    """Machine-readable reasons a generation ended `failed`; the message says more."""
-
-    UPSTREAM_FAILED = "upstream_failed"
-    UPSTREAM_REJECTED = "upstream_rejected"
-    INDETERMINATE_CREATE = "indeterminate_create"
-    UPSTREAM_PENDING_TIMEOUT = "upstream_pending_timeout"
-    UPSTREAM_SILENT = "upstream_silent"
-    COMPLETED_WITHOUT_VIDEO = "completed_without_video"
-    NO_ACCOUNT = "no_account"
+# Phases written by earlier versions, read as the phase that means the same today.
+_LEGACY_PHASES = {
+    "running": {"processing": Phase.PROCESSING},
+    "done": {"completed": Phase.COMPLETED},
+}
+_LEGACY_DEFAULT = {"running": Phase.QUEUED_UPSTREAM, "done": Phase.FAILED}
 
 
 def utc_iso(ts: float | None = None) -> str:
@@ -72,16 +70,13 @@ class CreateRequest(BaseModel):
         return _http_url(value or None)
 
 
-class Intent(BaseModel):
-    """Written (and made durable) before the paid upstream call; see worker/submit.py."""
-
-    fence: int
-    account: str
-    at: float
-
-
 class GenerationRecord(BaseModel):
-    """One generation as stored in Redis: what the caller asked for and everything we learned."""
+    """One generation as stored in Redis: what the caller asked for and everything we learned.
+
+    Stored as one flat JSON object so that the store's transition (Lua) can read and rewrite it
+    in place: every field is a scalar, and the verbatim upstream object is kept as a JSON string
+    inside it (`upstream`), which the transition never re-encodes. Only shared/store.py writes it.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -96,7 +91,6 @@ class GenerationRecord(BaseModel):
     created_at: str
     created_ts: float
 
-    state: State = "pending"
     phase: Phase = Phase.WAITING
     failure_reason: str | None = None
     failure_message: str | None = None
@@ -104,7 +98,10 @@ class GenerationRecord(BaseModel):
     account: str | None = None
     upstream_id: str | None = None
     upstream: dict[str, Any] | None = None  # the last upstream object, verbatim
-    intent: Intent | None = None
+    # The intent written before the paid create (worker/submit.py): a fencing token and its time.
+    # The intent's account is `account`.
+    fence: int | None = None
+    intent_at: float | None = None
 
     dispatch_seq: int | None = None  # global order in which generations left the queue
     started_ts: float | None = None  # took a slot
@@ -114,6 +111,41 @@ class GenerationRecord(BaseModel):
     last_live_ts: float | None = None  # the last reading that showed it not yet ended
     completed_without_video_ts: float | None = None
     submit_attempts: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_legacy(cls, data: Any) -> Any:
+        """Records of earlier versions: a nested intent, and the phases `running` and `done`."""
+        if not isinstance(data, dict):
+            return data
+        phase = data.get("phase")
+        intent = data.get("intent")
+        if phase in _LEGACY_PHASES or isinstance(intent, dict):
+            data = dict(data)
+            if phase in _LEGACY_PHASES:
+                by_state = _LEGACY_PHASES[phase]
+                data["phase"] = by_state.get(data.get("state", ""), _LEGACY_DEFAULT[phase])
+            elif phase == Phase.SUBMITTING and not isinstance(intent, dict):
+                data["phase"] = Phase.CLAIMED
+            if isinstance(intent, dict):
+                data.setdefault("fence", intent.get("fence"))
+                data.setdefault("intent_at", intent.get("at"))
+        return data
+
+    @field_validator("upstream", mode="before")
+    @classmethod
+    def _upstream_from_json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_serializer("upstream")
+    def _upstream_as_json(self, value: dict[str, Any] | None) -> str | None:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    @computed_field
+    @property
+    def state(self) -> State:
+        """The public state, a function of the phase; stored too, for people reading Redis."""
+        return PUBLIC_STATE[self.phase]
 
     @classmethod
     def new(cls, owner: str, request: CreateRequest) -> GenerationRecord:
@@ -128,22 +160,7 @@ class GenerationRecord(BaseModel):
 
     @property
     def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    def upstream_body(self) -> dict[str, Any]:
-        """The create body of UPSTREAM.md §1 for this generation."""
-        body: dict[str, Any] = {
-            "user_prompt": self.prompt,
-            "aspect_ratio": self.aspect_ratio,
-            "expand_prompt": self.expand_prompt,
-        }
-        if self.image:
-            body["image_url"] = self.image
-        if self.image_end:
-            body["image_end_url"] = self.image_end
-        if self.loop is not None:
-            body["loop"] = self.loop
-        return body
+        return self.phase in TERMINAL_PHASES
 
     def view(
         self, *, queue_position: int | None = None, estimate_wait_seconds: float | None = None
@@ -154,12 +171,13 @@ class GenerationRecord(BaseModel):
         always ours, because the caller had it before the upstream did.
         """
         shown: dict[str, Any] = dict(self.upstream or {})
+        state = self.state
         shown.update(
             id=self.id,
             prompt=self.prompt,
-            state=self.state,
+            state=state,
             created_at=self.created_at,
-            video=shown.get("video") if self.state == "completed" else None,
+            video=shown.get("video") if state == "completed" else None,
             liked=shown.get("liked"),
             # Ours while it waits in our queue; once created, Luma's own estimate for its queue.
             estimate_wait_seconds=(

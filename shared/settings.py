@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,6 +16,8 @@ class AccountConfig(BaseModel):
     """One Luma account as an operator configures it: a logged-in browser session's cookie."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # Which protocol the account speaks (worker/upstream/): `web`, the Luma web API.
+    kind: Literal["web"] = "web"
     cookie: str = Field(min_length=1, repr=False)
     base_url: str | None = None
     max_concurrency: int = Field(default=3, ge=1, le=100)
@@ -76,6 +78,11 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(default=10_000, ge=1)
     list_max_limit: int = Field(default=100, ge=1)
     record_retention_days: float = Field(default=30.0, gt=0)
+    # The event log (shared/events.py): every transition, kept to about this many entries; the
+    # default holds a week at 1,000 generations an hour (about six transitions each).
+    event_log_max_len: int = Field(default=1_000_000, ge=1000)
+    # Each key holder's own event stream: how far back a live stream can resume (Last-Event-ID).
+    holder_events_max_len: int = Field(default=10_000, ge=100)
     # Until a generation time has been measured, estimates assume this.
     default_generation_seconds: float = Field(default=120.0, gt=0)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,12 +12,15 @@ import structlog
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.accounts import Account, AccountRegistry, AccountState
+from shared.accounts import Account, AccountRegistry
+from shared.events import EventLog
+from shared.health import AccountHealth
 from shared.settings import Settings
 from shared.store import GenerationStore
-from worker.luma import LumaClient, RetryPolicy
 from worker.scheduler import Scheduler
+from worker.upstream import Provider, provider_for
+from worker.upstream.errors import LumaError
+from worker.upstream.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -31,23 +33,23 @@ class Deps:
     session: aiohttp.ClientSession
     store: GenerationStore
     registry: AccountRegistry
+    health: AccountHealth
     scheduler: Scheduler
+    events: EventLog
     # Generations whose submit job runs in this process and holds a slot it has not yet used
     # for a create: given back on shutdown so the next worker does not wait for them to expire.
     unused_leases: dict[str, str] = field(default_factory=dict)
 
-    def client(self, account: Account) -> LumaClient:
-        """A client for the account's current cookie; rotated cookies are written back at once."""
+    def provider(self, account: Account) -> Provider:
+        """The account's upstream, with its current credentials; rotated cookies are kept at once."""
 
         async def keep_cookie(cookie: str) -> None:
             await self.registry.set_cookie(account.name, cookie)
 
         settings = self.settings
-        return LumaClient(
+        return provider_for(
+            account,
             self.session,
-            base_url=account.base_url or settings.luma_base_url,
-            cookie=account.cookie,
-            account=account.name,
             timeout=settings.upstream_timeout_seconds,
             retry=RetryPolicy(
                 attempts=settings.upstream_retry_attempts,
@@ -58,42 +60,9 @@ class Deps:
             on_cookie=keep_cookie,
         )
 
-    async def account_expired(self, account: str, reason: str) -> None:
-        """401: the account is unusable until an operator gives it a new cookie."""
-        log.warning("account_expired", account=account, reason=reason)
-        await self.registry.mark(account, AccountState.EXPIRED, reason)
-
-    async def account_spent(self, account: str, reason: str) -> None:
-        log.warning("account_spent", account=account, reason=reason)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                keys.account(account),
-                mapping={
-                    "state": AccountState.SPENT.value,
-                    "state_reason": reason,
-                    "state_at": time.time(),
-                    "available": 0,
-                },
-            )
-            pipe.hincrby(keys.account(account), "usage_seq", 1)
-            await pipe.execute()
-
-    async def upstream_fault(self, account: str, *, pause_seconds: float | None = None) -> None:
-        """Count a transient failure; enough in a row open the account's circuit breaker.
-
-        `pause_seconds` opens it at once (a 429 that names its own wait).
-        """
-        settings = self.settings
-        failures = await self.redis.hincrby(keys.account(account), "failures", 1)
-        if pause_seconds is None and failures < settings.breaker_failures:
-            return
-        pause = pause_seconds if pause_seconds is not None else settings.breaker_open_seconds
-        until_ms = int((time.time() + pause) * 1000)
-        await self.redis.hset(keys.account(account), mapping={"breaker_until": until_ms, "failures": 0})
-        log.warning("account_breaker_open", account=account, seconds=pause)
-
-    async def upstream_ok(self, account: str) -> None:
-        await self.redis.hset(keys.account(account), "failures", "0")
+    async def upstream_failed(self, account: str, error: LumaError) -> None:
+        """Whatever the failure means for the account, shared/health.py decides."""
+        await self.health.on_upstream_error(account, error, error.message)
 
     def fault_point(self, name: str) -> None:
         """Test-only crash switch: SIGKILL this process at a named point (FAULT_POINT=name)."""

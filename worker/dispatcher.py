@@ -8,12 +8,10 @@ until a claim turns it into a submit job.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import structlog
 
 from shared import keys
-from shared.models import Phase
 from shared.queue import SUBMIT_JOB
 from worker.context import Deps
 from worker.loops import run_loop
@@ -32,14 +30,8 @@ async def dispatch_once(deps: Deps) -> int:
 
 
 async def start(deps: Deps, claim: Claim) -> None:
-    record = await deps.store.get(claim.gen_id)
-    if record is not None:
-        record.phase = Phase.SUBMITTING
-        record.account = claim.account
-        record.dispatch_seq = claim.dispatch_seq
-        record.started_ts = time.time()
-        await deps.store.save(record)
-    # Should this process die before the enqueue, the sweeper finds the claim without a job.
+    # The claim already moved the generation to `claimed` (in the same Lua step). Should this
+    # process die before the enqueue, the sweeper finds the claim without a job.
     await deps.arq.enqueue_job(
         SUBMIT_JOB, claim.gen_id, claim.account, _job_id=keys.submit_job_id(claim.gen_id)
     )

@@ -1,7 +1,8 @@
-"""How a generation's record follows what the upstream says, and how it ends.
+"""How a generation follows what the upstream says, and how it ends.
 
 Used by the submit job, the poller and the sweeper alike, so a generation ends the same way
-whoever notices first.
+whoever notices first. Every change goes through the store's transition; when two notice at once,
+the state table lets one of them win and the other finds nothing left to do.
 """
 
 from __future__ import annotations
@@ -12,38 +13,24 @@ from typing import Any
 import structlog
 
 from shared import keys
-from shared.models import FailureReason, GenerationRecord, Phase, State
+from shared.models import GenerationRecord
+from shared.states import UPSTREAM_LIVE, FailureReason, Phase
+from shared.store import Transition
 from worker.context import Deps
+from worker.upstream.models import UpstreamGeneration
 
 log = structlog.get_logger(__name__)
 
 
-def video_url(upstream: dict[str, Any]) -> str | None:
-    video = upstream.get("video")
-    if isinstance(video, dict) and isinstance(video.get("url"), str) and video["url"]:
-        return str(video["url"])
-    return None
-
-
-def public_state(upstream: dict[str, Any]) -> State:
-    """Callers see `completed` only with a video URL: until then it is still `processing`."""
-    state = upstream.get("state")
-    if state == "completed":
-        return "completed" if video_url(upstream) else "processing"
-    if state == "pending":
-        return "pending"
-    if state == "failed":
-        return "failed"
-    # An unknown state is a live one: keep polling rather than guess an end.
-    return "processing"
-
-
-def upstream_failure_message(upstream: dict[str, Any]) -> str:
-    for field in ("failure_reason", "failure_message", "error", "reason", "detail"):
-        value = upstream.get(field)
-        if isinstance(value, str) and value:
-            return value
-    return "the upstream reported the generation as failed"
+def phase_of(reading: UpstreamGeneration, current: Phase | None = None) -> Phase:
+    """Our phase for an upstream reading: `completed` only with a video URL, never backwards."""
+    if reading.state == "completed":
+        return Phase.COMPLETED if reading.video_url else Phase.PROCESSING
+    if reading.state == "failed":
+        return Phase.FAILED
+    if reading.state == "pending" and current is not Phase.PROCESSING:
+        return Phase.QUEUED_UPSTREAM
+    return Phase.PROCESSING
 
 
 async def pin_for(deps: Deps, record: GenerationRecord) -> str | None:
@@ -54,43 +41,53 @@ async def pin_for(deps: Deps, record: GenerationRecord) -> str | None:
     return str(pinned) if pinned else None
 
 
-async def back_to_queue(deps: Deps, record: GenerationRecord, account: str, *, restore: bool) -> None:
-    """No create was made: the generation goes first in its owner's queue again."""
-    record.phase = Phase.WAITING
-    record.account = None
-    record.intent = None
-    await deps.store.save(record)
-    await deps.scheduler.requeue_front(
-        record.id, record.owner, account, pin=await pin_for(deps, record), restore_capacity=restore
+async def back_to_queue(
+    deps: Deps, record: GenerationRecord, account: str, *, restore: bool, fence: int | None = None
+) -> bool:
+    """No create was made: the generation goes first in its owner's queue again (False: it could not)."""
+    return await deps.scheduler.requeue_front(
+        record.id,
+        record.owner,
+        account,
+        pin=await pin_for(deps, record),
+        restore_capacity=restore,
+        fence=fence,
     )
 
 
-async def observe(deps: Deps, record: GenerationRecord, upstream: dict[str, Any], now: float) -> bool:
-    """Fold one upstream reading into the record; True once the generation has ended."""
-    record.upstream = upstream
-    record.observed_ts = now
-    state = public_state(upstream)
-    if upstream.get("state") == "completed" and state != "completed":
+async def observe(
+    deps: Deps, record: GenerationRecord, reading: UpstreamGeneration, now: float
+) -> GenerationRecord | None:
+    """Fold one upstream reading into the record: the record as it now stands, None once it ended."""
+    to = phase_of(reading, record.phase)
+    fields: dict[str, Any] = {"upstream": reading.raw, "observed_ts": now}
+    if reading.state == "completed" and to is not Phase.COMPLETED:
         # Luma says completed before the URL is there; wait for it, but not forever.
-        record.completed_without_video_ts = record.completed_without_video_ts or now
-        if now - record.completed_without_video_ts > deps.settings.missing_video_deadline_seconds:
+        since = record.completed_without_video_ts or now
+        fields["completed_without_video_ts"] = since
+        if now - since > deps.settings.missing_video_deadline_seconds:
             await finish_failed(
                 deps,
                 record,
                 FailureReason.COMPLETED_WITHOUT_VIDEO,
                 "the upstream reported completion but never gave a video URL",
+                **fields,
             )
-            return True
-    if state == "completed":
-        await finish(deps, record, "completed")
-        return True
-    if state == "failed":
-        record.failure_reason = FailureReason.UPSTREAM_FAILED.value
-        record.failure_message = upstream_failure_message(upstream)
-        await finish(deps, record, "failed")
-        return True
+            return None
+    if to is Phase.FAILED:
+        await finish_failed(
+            deps,
+            record,
+            FailureReason.UPSTREAM_FAILED,
+            reading.failure_message or "the upstream reported the generation as failed",
+            **fields,
+        )
+        return None
+    if to is Phase.COMPLETED:
+        await finish(deps, record, Phase.COMPLETED, **fields)
+        return None
     if (
-        state == "pending"
+        to is Phase.QUEUED_UPSTREAM
         and now - (record.submitted_ts or now) > deps.settings.upstream_pending_deadline_seconds
     ):
         await finish_failed(
@@ -98,41 +95,67 @@ async def observe(deps: Deps, record: GenerationRecord, upstream: dict[str, Any]
             record,
             FailureReason.UPSTREAM_PENDING_TIMEOUT,
             "the upstream kept the generation pending past the deadline",
+            **fields,
         )
-        return True
-    record.state = state
-    record.last_live_ts = now
-    await deps.store.save(record)
-    return False
+        return None
+    moved = await deps.store.transition(record.id, to, expect=UPSTREAM_LIVE, last_live_ts=now, **fields)
+    # Not moved: it ended (or vanished) meanwhile, which is an end as far as the caller is concerned.
+    return moved.record if moved.ok else None
 
 
-async def finish_failed(deps: Deps, record: GenerationRecord, reason: FailureReason, message: str) -> None:
-    record.failure_reason = reason.value
-    record.failure_message = message
-    await finish(deps, record, "failed")
+async def finish_failed(
+    deps: Deps,
+    record: GenerationRecord,
+    reason: FailureReason,
+    message: str,
+    *,
+    fence: int | None = None,
+    **fields: Any,
+) -> bool:
+    return await finish(
+        deps,
+        record,
+        Phase.FAILED,
+        fence=fence,
+        failure_reason=reason.value,
+        failure_message=message,
+        **fields,
+    )
 
 
-async def finish(deps: Deps, record: GenerationRecord, state: State) -> None:
-    """Terminal: save, give the slot back, and learn how long a generation takes."""
+async def finish(
+    deps: Deps, record: GenerationRecord, to: Phase, *, fence: int | None = None, **fields: Any
+) -> bool:
+    """Terminal: move it, give the slot back, and learn how long a generation takes.
+
+    `fence`: only while the record's intent still carries it (a submit job that may have lost
+    its claim). Returns True when the generation is over, whether this call or another ended it.
+    """
     now = time.time()
-    record.state = state
-    record.phase = Phase.DONE
-    record.finished_ts = now
-    await deps.store.save(record)
-    if record.account:
+    moved = await deps.store.transition(record.id, to, fenced_by=fence, finished_ts=now, **fields)
+    if not moved.ok:
+        return _ended_elsewhere(moved)
+    ended = moved.record
+    assert ended is not None
+    if ended.account:
         # Capacity was only spent if a create was made.
-        await deps.scheduler.release(record.id, record.account, restore_capacity=record.upstream_id is None)
-    if state == "completed" and record.submitted_ts:
-        measured = await _measured_seconds(deps, record, record.submitted_ts, now)
+        await deps.scheduler.release(ended.id, ended.account, restore_capacity=ended.upstream_id is None)
+    if to is Phase.COMPLETED and ended.submitted_ts:
+        measured = await _measured_seconds(deps, ended, ended.submitted_ts, now)
         if measured is not None:
             await deps.store.record_generation_seconds(measured)
     log.info(
         "generation_finished",
-        generation_id=record.id,
-        state=state,
-        failure_reason=record.failure_reason,
-        account=record.account,
+        generation_id=ended.id,
+        state=ended.state,
+        failure_reason=ended.failure_reason,
+        account=ended.account,
     )
+    return True
+
+
+def _ended_elsewhere(moved: Transition) -> bool:
+    return moved.record is None or moved.record.terminal
 
 
 async def _measured_seconds(deps: Deps, record: GenerationRecord, start: float, now: float) -> float | None:

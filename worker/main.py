@@ -17,18 +17,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.accounts import AccountRegistry
+from shared.events import EventLog
+from shared.health import AccountHealth
 from shared.logs import configure_logging
 from shared.queue import SUBMIT_JOB, UPLOAD_JOB, deserialize_job, redis_settings, serialize_job
 from shared.settings import Settings
-from shared.store import GenerationStore
+from shared.store import generation_store
 from worker.context import Deps, deps_of
 from worker.dispatcher import run_dispatcher
-from worker.luma import create_session
 from worker.maintenance import run_upkeep
 from worker.poller import run_poller
 from worker.scheduler import Scheduler
 from worker.submit import release_unused_leases, submit
 from worker.uploads import upload
+from worker.upstream.web import create_session
 
 log = structlog.get_logger(__name__)
 
@@ -42,20 +44,25 @@ NO_ACCOUNT_MESSAGE = (
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    registry = AccountRegistry(redis)
+    health = AccountHealth(
+        redis,
+        breaker_failures=settings.breaker_failures,
+        breaker_open_seconds=settings.breaker_open_seconds,
+        event_log_max_len=settings.event_log_max_len,
+    )
+    registry = AccountRegistry(redis, health)
     await registry.sync_from_settings(settings.accounts())
+    store = generation_store(redis, settings)
     deps = Deps(
         settings=settings,
         redis=redis,
         arq=ctx["redis"],
         session=create_session(),
-        store=GenerationStore(
-            redis,
-            retention_seconds=settings.record_retention_seconds,
-            default_generation_seconds=settings.default_generation_seconds,
-        ),
+        store=store,
         registry=registry,
-        scheduler=Scheduler(redis, lease_seconds=settings.lease_ttl_seconds),
+        health=health,
+        scheduler=Scheduler(redis, lease_seconds=settings.lease_ttl_seconds, store=store),
+        events=EventLog(redis),
     )
     ctx["deps"] = deps
     stopping = asyncio.Event()

@@ -6,7 +6,6 @@ Each task runs in every worker, guarded by a lock in Redis so that one worker do
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 
@@ -15,53 +14,41 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from shared import keys
 from shared.accounts import Account, AccountState
+from shared.health import Problem
 from shared.queue import SUBMIT_JOB
 from worker.context import Deps
 from worker.loops import run_loop
-from worker.luma import AccountExpired, LumaError, RateLimited
+from worker.upstream.errors import LumaError
 
 log = structlog.get_logger(__name__)
-
-# A claim this young may still be on its way to the queue; the sweeper leaves it alone.
-CLAIM_GRACE_SECONDS = 5.0
 
 
 async def refresh_usage(deps: Deps, account: Account) -> None:
     """Read the account's capacity; a claim made meanwhile makes the reading stale, so retry later."""
     seen = await deps.scheduler.usage_seq(account.name)
     try:
-        usage = await deps.client(account).usage()
-    except AccountExpired as error:
-        await deps.account_expired(account.name, str(error))
-        return
-    except RateLimited as error:
-        await deps.upstream_fault(account.name, pause_seconds=error.retry_after)
-        return
+        usage = await deps.provider(account).usage()
     except LumaError as error:
         log.warning("usage_refresh_failed", account=account.name, error=str(error))
-        await deps.upstream_fault(account.name)
+        await deps.upstream_failed(account.name, error)
         return
-    if not await deps.scheduler.store_usage(account.name, seen, usage, json.dumps(usage)):
+    if not await deps.scheduler.store_usage(account.name, seen, usage):
         # Something changed meanwhile; try again on the next tick rather than store a stale count.
         await deps.redis.delete(keys.usage_lock(account.name))
         return
-    available = int(str(usage.get("available", 0)))
-    if available <= 0 and account.state == AccountState.ACTIVE:
-        await deps.account_spent(account.name, "no monthly capacity left")
-    elif available > 0 and account.state == AccountState.SPENT:
-        # A new month (or a bigger plan) brought capacity back.
-        await deps.registry.mark(account.name, AccountState.ACTIVE, "")
-        await deps.scheduler.wake()
+    # None left makes it spent; a new month (or a bigger plan) brings a spent one back.
+    await deps.health.on_usage(account.name, usage.available)
 
 
 async def keep_alive(deps: Deps, account: Account) -> None:
     """A cheap authenticated call keeps the session's cookies rotating, as a browser would."""
     try:
-        await deps.client(account).me()
-    except AccountExpired as error:
-        await deps.account_expired(account.name, str(error))
+        await deps.provider(account).keep_alive()
     except LumaError as error:
         log.info("heartbeat_failed", account=account.name, error=str(error))
+        if error.problem is Problem.EXPIRED:
+            # Only a dead session counts against the account here: a keep-alive is best effort.
+            await deps.upstream_failed(account.name, error)
 
 
 async def upkeep_once(deps: Deps, holder: str) -> None:

@@ -21,7 +21,7 @@ from shared.models import FailureReason, GenerationRecord
 from worker.context import Deps
 from worker.lifecycle import finish_failed, observe
 from worker.loops import run_loop
-from worker.luma import AccountExpired, GenerationNotFound, LumaError, RateLimited, UpstreamUnavailable
+from worker.upstream.errors import GenerationNotFound, LumaError
 
 log = structlog.get_logger(__name__)
 
@@ -78,12 +78,13 @@ async def poll_account(deps: Deps, name: str) -> float:
 async def _read_upstream(
     deps: Deps, account: Account, live: list[GenerationRecord], now: float
 ) -> list[GenerationRecord]:
-    """Observe every live generation; returns the ones still live afterwards."""
-    client = deps.client(account)
+    """Observe every live generation; returns the ones still live afterwards, as they now stand."""
+    provider = deps.provider(account)
+    still_live: list[GenerationRecord] = []
+    handled: set[str] = set()
     try:
         limit = min(deps.settings.poll_list_limit, max(10, len(live) + 5))
-        listed = {str(item.get("id")): item for item in await client.list(offset=0, limit=limit)}
-        still_live: list[GenerationRecord] = []
+        listed = {item.id: item for item in await provider.list_recent(offset=0, limit=limit)}
         single_reads = 0
         for record in live:
             assert record.upstream_id is not None
@@ -91,8 +92,9 @@ async def _read_upstream(
             if item is None and single_reads < MAX_SINGLE_READS:
                 single_reads += 1
                 try:
-                    item = await client.get(record.upstream_id)
+                    item = await provider.get(record.upstream_id)
                 except GenerationNotFound:
+                    handled.add(record.id)
                     await finish_failed(
                         deps,
                         record,
@@ -100,18 +102,20 @@ async def _read_upstream(
                         "the upstream no longer knows this generation",
                     )
                     continue
-            if item is None or not await observe(deps, record, item, now):
+            handled.add(record.id)
+            if item is None:
                 still_live.append(record)
-        await deps.upstream_ok(account.name)
-        return still_live
-    except AccountExpired as error:
-        await deps.account_expired(account.name, str(error))
-    except RateLimited as error:
-        await deps.upstream_fault(account.name, pause_seconds=error.retry_after)
-    except (UpstreamUnavailable, LumaError) as error:
+                continue
+            observed = await observe(deps, record, item, now)
+            if observed is not None:
+                still_live.append(observed)
+        await deps.health.on_upstream_ok(account.name)
+    except LumaError as error:
         log.warning("poll_failed", account=account.name, error=str(error))
-        await deps.upstream_fault(account.name)
-    return [record for record in live if not record.terminal]
+        await deps.upstream_failed(account.name, error)
+        # The ones not reached this time are still live as far as we know.
+        still_live += [record for record in live if record.id not in handled]
+    return still_live
 
 
 async def _silent_too_long(deps: Deps, record: GenerationRecord, now: float) -> bool:

@@ -10,6 +10,7 @@ Key names are passed in from shared/keys.py as templates, so the schema stays on
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.store import GenerationStore
+from worker.upstream.models import UpstreamUsage
 
 _TEMPLATES = [
     keys.account("{}"),
@@ -30,7 +33,8 @@ local function key(template, name) return (string.gsub(template, '{}', name)) en
 local ACCOUNT, LEASES, SUBMITTING, WAITQ = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 """
 
-# Claim the next waiting generation that some account can take now.
+# Claim the next waiting generation that some account can take now, and move it to `claimed`
+# through the store's transition in the same step (a crash cannot leave one without the other).
 # KEYS: accounts, wait:owners, wait:all, wait:pin, wait:turn, dispatch seq
 # ARGV (after the templates): now ms, lease ms, a random number in [0, 1)
 # Returns {gen id, account, dispatch seq} or false when nothing can start.
@@ -59,13 +63,25 @@ local function best_account()
   if #ties == 0 then return nil end
   return ties[math.floor(dice * #ties) + 1]
 end
+local function leave_queue(queue, owner, head)
+  redis.call('ZREM', queue, head)
+  redis.call('ZREM', KEYS[3], head)
+  redis.call('HDEL', KEYS[4], head)
+  if redis.call('ZCARD', queue) == 0 then
+    redis.call('ZREM', KEYS[2], owner)
+  else
+    redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[5]), owner)
+  end
+end
 local owners = redis.call('ZRANGE', KEYS[2], 0, -1)
 for _, owner in ipairs(owners) do
   local queue = key(WAITQ, owner)
-  local head = redis.call('ZRANGE', queue, 0, 0)[1]
-  if not head then
-    redis.call('ZREM', KEYS[2], owner)
-  else
+  while true do
+    local head = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not head then
+      redis.call('ZREM', KEYS[2], owner)
+      break
+    end
     local choice = nil
     local pin = redis.call('HGET', KEYS[4], head)
     -- A pinned generation waits for the account that holds its image while that account is
@@ -75,22 +91,20 @@ for _, owner in ipairs(owners) do
     else
       choice = best_account()
     end
-    if choice then
-      redis.call('ZREM', queue, head)
-      redis.call('ZREM', KEYS[3], head)
-      redis.call('HDEL', KEYS[4], head)
-      if redis.call('ZCARD', queue) == 0 then
-        redis.call('ZREM', KEYS[2], owner)
-      else
-        redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[5]), owner)
-      end
+    if not choice then break end
+    local seq = redis.call('INCR', KEYS[6])
+    local moved = lq_transition(head, 'claimed', {waiting = true}, nil,
+      {account = choice, dispatch_seq = seq, started_ts = now / 1000})
+    leave_queue(queue, owner, head)
+    if moved[1] == 'ok' then
       redis.call('ZADD', key(LEASES, choice), now + lease_ms, head)
       redis.call('SADD', key(SUBMITTING, choice), head)
       redis.call('HINCRBY', key(ACCOUNT, choice), 'available', -1)
       redis.call('HINCRBY', key(ACCOUNT, choice), 'consumed', 1)
       redis.call('HINCRBY', key(ACCOUNT, choice), 'usage_seq', 1)
-      return {head, choice, redis.call('INCR', KEYS[6])}
+      return {head, choice, seq}
     end
+    -- A stale entry (its record expired, or it is no longer waiting): dropped; try the next.
   end
 end
 return false
@@ -114,26 +128,38 @@ return 1
 # Give a slot back. KEYS: leases, submitting, running, account, wake.
 # ARGV: gen id, 1 to give back the capacity reserved at claim (no create was made).
 _GIVE_BACK_SLOT = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-local was_submitting = redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-if was_submitting == 1 and ARGV[2] == '1' then
-  redis.call('HINCRBY', KEYS[4], 'available', 1)
-  redis.call('HINCRBY', KEYS[4], 'consumed', -1)
-  redis.call('HINCRBY', KEYS[4], 'usage_seq', 1)
+local function give_back_slot()
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  local was_submitting = redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  if was_submitting == 1 and ARGV[2] == '1' then
+    redis.call('HINCRBY', KEYS[4], 'available', 1)
+    redis.call('HINCRBY', KEYS[4], 'consumed', -1)
+    redis.call('HINCRBY', KEYS[4], 'usage_seq', 1)
+  end
+  redis.call('LPUSH', KEYS[5], '1')
+  redis.call('LTRIM', KEYS[5], 0, 999)
+  return was_submitting
 end
-redis.call('LPUSH', KEYS[5], '1')
-redis.call('LTRIM', KEYS[5], 0, 999)
 """
-_RELEASE = _GIVE_BACK_SLOT + "return was_submitting"
+_RELEASE = _GIVE_BACK_SLOT + "return give_back_slot()"
 
-# Give a claimed generation's slot back and put it at the front of its owner's queue, in one
-# step: a crash between the two would leave it in no queue at all.
+# Make a claimed generation `waiting` again at the front of its owner's queue, through the
+# store's transition, and give its slot back, in one step: a crash between the two would leave
+# it in no queue at all. A record that a newer attempt owns (another fence) is left alone, slot
+# included; one that can no longer wait (cancelled meanwhile) only gives its slot back.
 # KEYS: the five of _GIVE_BACK_SLOT, then wait queue, wait:all, wait:owners, wait:turn, wait:pin.
-# ARGV: the two of _GIVE_BACK_SLOT, then owner, pin account or ''.
+# ARGV: the two of _GIVE_BACK_SLOT, then owner, pin account or '', fence or ''.
+# Returns 1 requeued, 0 slot given back only, -1 nothing done (fenced).
 _REQUEUE_FRONT = (
     _GIVE_BACK_SLOT
     + """
+local fence = ARGV[5] ~= '' and ARGV[5] or nil
+local moved = lq_transition(ARGV[1], 'waiting', {claimed = true, submitting = true}, fence,
+  {account = cjson.null, fence = cjson.null, intent_at = cjson.null})
+if moved[1] == 'fenced' then return -1 end
+give_back_slot()
+if moved[1] ~= 'ok' then return 0 end
 local head = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
 local score = 0
 if head[2] then score = tonumber(head[2]) - 1 end
@@ -170,8 +196,7 @@ local seq = redis.call('HGET', KEYS[1], 'usage_seq') or '0'
 if seq ~= ARGV[1] then return 0 end
 local reserved = redis.call('SCARD', KEYS[2])
 redis.call('HSET', KEYS[1], 'available', tonumber(ARGV[2]) - reserved, 'capacity', ARGV[3],
-  'consumed', tonumber(ARGV[4]) + reserved,
-  'usage', ARGV[5], 'usage_at', ARGV[6])
+  'consumed', tonumber(ARGV[4]) + reserved, 'usage', ARGV[5])
 return 1
 """
 
@@ -184,13 +209,14 @@ class Claim:
 
 
 class Scheduler:
-    def __init__(self, redis: Redis, *, lease_seconds: float) -> None:
+    def __init__(self, redis: Redis, *, lease_seconds: float, store: GenerationStore) -> None:
         self.redis = redis
         self.lease_ms = int(lease_seconds * 1000)
-        self._claim = redis.register_script(_CLAIM)
+        # The claim and the requeue move a generation's phase: they run the store's transition.
+        self._claim = redis.register_script(store.lua_library + _CLAIM)
         self._ensure = redis.register_script(_ENSURE_LEASE)
         self._release = redis.register_script(_RELEASE)
-        self._requeue = redis.register_script(_REQUEUE_FRONT)
+        self._requeue = redis.register_script(store.lua_library + _REQUEUE_FRONT)
         self._usage = redis.register_script(_USAGE)
         self._mark_running = redis.register_script(_MARK_RUNNING)
 
@@ -251,13 +277,25 @@ class Scheduler:
             await pipe.execute()
 
     async def requeue_front(
-        self, gen_id: str, owner: str, account: str, *, pin: str | None, restore_capacity: bool
-    ) -> None:
-        """Release the slot taken on `account` and make the generation its owner's next one."""
-        await self._requeue(
+        self,
+        gen_id: str,
+        owner: str,
+        account: str,
+        *,
+        pin: str | None,
+        restore_capacity: bool,
+        fence: int | None = None,
+    ) -> bool:
+        """Release the slot taken on `account` and make the generation its owner's next one.
+
+        False: the record could not go back to waiting: cancelled meanwhile (only the slot was
+        given back), or `fence` is no longer its intent's (nothing was touched).
+        """
+        moved = await self._requeue(
             keys=[*self._slot_keys(account), *self._queue_keys(owner)],
-            args=[gen_id, "1" if restore_capacity else "0", owner, pin or ""],
+            args=[gen_id, "1" if restore_capacity else "0", owner, pin or "", "" if fence is None else fence],
         )
+        return int(moved) == 1
 
     async def mark_running(
         self, gen_id: str, account: str, submitted_ts: float, first_poll_in: float
@@ -282,17 +320,10 @@ class Scheduler:
     async def usage_seq(self, account: str) -> str:
         return str(await self.redis.hget(keys.account(account), "usage_seq") or "0")
 
-    async def store_usage(self, account: str, seen_seq: str, usage: dict[str, object], raw: str) -> bool:
+    async def store_usage(self, account: str, seen_seq: str, usage: UpstreamUsage) -> bool:
         saved = await self._usage(
             keys=[keys.account(account), keys.submitting(account)],
-            args=[
-                seen_seq,
-                int(str(usage.get("available", 0))),
-                int(str(usage.get("capacity", 0))),
-                int(str(usage.get("consumed", 0))),
-                raw,
-                time.time(),
-            ],
+            args=[seen_seq, usage.available, usage.capacity, usage.consumed, json.dumps(usage.raw)],
         )
         return bool(saved)
 

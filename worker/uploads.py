@@ -13,9 +13,10 @@ import structlog
 
 from shared import keys
 from shared.accounts import Account
+from shared.health import Problem
 from shared.models import UploadResult
 from worker.context import Deps, deps_of
-from worker.luma import AccountExpired, LumaError, RateLimited
+from worker.upstream.errors import LumaError
 
 log = structlog.get_logger(__name__)
 
@@ -32,18 +33,10 @@ async def upload(ctx: dict[str, Any], upload_id: str, content_type: str, filenam
     for account in await _candidates(deps):
         try:
             result = await _upload_to(deps, account, data, content_type, filename)
-        except AccountExpired as error:
-            await deps.account_expired(account.name, str(error))
-            last_error = f"account {account.name} expired"
-            continue
-        except RateLimited as error:
-            await deps.upstream_fault(account.name, pause_seconds=error.retry_after)
-            last_error = "the upstream is rate limiting uploads"
-            continue
         except LumaError as error:
-            await deps.upstream_fault(account.name)
+            await deps.upstream_failed(account.name, error)
             log.warning("upload_failed", account=account.name, error=str(error))
-            last_error = f"the upstream failed the upload: {error}"
+            last_error = _why(account, error)
             continue
         await deps.arq.delete(keys.upload_bytes(upload_id))
         return result.model_dump()
@@ -60,15 +53,20 @@ async def _candidates(deps: Deps) -> list[Account]:
 async def _upload_to(
     deps: Deps, account: Account, data: bytes, content_type: str, filename: str
 ) -> UploadResult:
-    client = deps.client(account)
-    signed = await client.sign_upload(filename or "file.jpg")
-    await client.put_upload(str(signed["presigned_url"]), data, content_type)
-    public_url = str(signed["public_url"])
-    await deps.redis.set(keys.upload_account(public_url), account.name, ex=keys.UPLOAD_ACCOUNT_TTL_SECONDS)
-    log.info("upload_stored", account=account.name, upload_id=signed.get("id"))
-    return UploadResult(
-        id=str(signed["id"]),
-        presigned_url=str(signed["presigned_url"]),
-        public_url=public_url,
-        account=account.name,
+    slot = await deps.provider(account).upload(data, content_type, filename)
+    await deps.redis.set(
+        keys.upload_account(slot.public_url), account.name, ex=keys.UPLOAD_ACCOUNT_TTL_SECONDS
     )
+    log.info("upload_stored", account=account.name, upload_id=slot.id)
+    return UploadResult(
+        id=slot.id, presigned_url=slot.presigned_url, public_url=slot.public_url, account=account.name
+    )
+
+
+def _why(account: Account, error: LumaError) -> str:
+    """What the caller is told when the last account tried failed the upload."""
+    if error.problem is Problem.EXPIRED:
+        return f"account {account.name} expired"
+    if error.problem is Problem.RATE_LIMITED:
+        return "the upstream is rate limiting uploads"
+    return f"the upstream failed the upload: {error}"

@@ -139,4 +139,6 @@ async def plain_values(redis: redis_asyncio.Redis, key: str) -> list[bytes]:
         return list(await redis.zrange(key, 0, -1))
     if kind == b"list":
         return list(await redis.lrange(key, 0, -1))
+    if kind == b"stream":
+        return [b"".join(k + v for k, v in fields.items()) for _, fields in await redis.xrange(key)]
     return list(await redis.smembers(key))

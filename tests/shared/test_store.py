@@ -62,8 +62,7 @@ def test_wait_estimate_counts_rounds_of_the_pool(position: int, expected: float)
 def test_view_keeps_upstream_fields_but_our_id_and_hides_a_video_until_completed() -> None:
     """Unknown upstream fields pass through; `id` is ours; no video is shown before completion."""
     record = GenerationRecord.new("alice", CreateRequest(prompt="fox"))
-    record.phase = Phase.RUNNING
-    record.state = "processing"
+    record.phase = Phase.PROCESSING
     record.upstream = {
         "id": "upstream-1",
         "thumbnail": "t.jpg",
@@ -75,7 +74,7 @@ def test_view_keeps_upstream_fields_but_our_id_and_hides_a_video_until_completed
     assert shown["thumbnail"] == "t.jpg"
     assert shown["state"] == "processing"
     assert shown["video"] is None
-    record.state = "completed"
+    record.phase = Phase.COMPLETED
     assert record.view()["video"] == {"url": "v.mp4"}
 
 

@@ -1,4 +1,4 @@
-"""Pure helpers of worker/luma.py: cookies, error details, Retry-After, backoff."""
+"""Pure helpers of worker/upstream/web.py: cookies, error details, Retry-After, backoff."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from email.utils import format_datetime
 import pytest
 
 from shared.cookies import merge_set_cookie, normalize_cookie
-from worker.luma import (
+from worker.upstream.web import (
     AccountExpired,
     GenerationNotFound,
     RateLimited,

@@ -13,6 +13,7 @@ from shared.models import CreateRequest, GenerationRecord
 from shared.settings import AccountConfig
 from shared.store import GenerationStore
 from worker.scheduler import Scheduler
+from worker.upstream.models import UpstreamUsage
 
 
 @pytest_asyncio.fixture
@@ -28,11 +29,15 @@ async def pool(db: Redis, accounts: dict[str, tuple[int, int]]) -> Scheduler:
     for name, (limit, available) in accounts.items():
         await registry.add(AccountConfig(name=name, cookie="t", base_url="http://x", max_concurrency=limit))
         await db.hset(keys.account(name), "available", available)
-    return Scheduler(db, lease_seconds=60)
+    return Scheduler(db, lease_seconds=60, store=store_on(db))
+
+
+def store_on(db: Redis) -> GenerationStore:
+    return GenerationStore(db, retention_seconds=3600, default_generation_seconds=10)
 
 
 async def enqueue(db: Redis, owner: str, count: int, pin: str | None = None) -> list[str]:
-    store = GenerationStore(db, retention_seconds=3600, default_generation_seconds=10)
+    store = store_on(db)
     ids = []
     for n in range(count):
         record = GenerationRecord.new(owner, CreateRequest(prompt=f"{owner} {n}"))
@@ -138,10 +143,10 @@ async def test_a_usage_reading_taken_during_a_claim_is_not_stored(db: Redis) -> 
     seen = await scheduler.usage_seq("a")
     await enqueue(db, "alice", 1)
     await claim_all(scheduler)
-    stale = {"available": 10, "capacity": 150, "consumed": 140}
-    assert not await scheduler.store_usage("a", seen, stale, "{}")
+    stale = UpstreamUsage(available=10, capacity=150, consumed=140, raw={})
+    assert not await scheduler.store_usage("a", seen, stale)
     assert await db.hget(keys.account("a"), "available") == "9"
     fresh_seen = await scheduler.usage_seq("a")
-    assert await scheduler.store_usage("a", fresh_seen, stale, "{}")
+    assert await scheduler.store_usage("a", fresh_seen, stale)
     # One claim has not reached the upstream yet, so one unit stays reserved.
     assert await db.hmget(keys.account("a"), ["available", "consumed"]) == ["9", "141"]

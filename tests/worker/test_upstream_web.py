@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from simulator.testing import RunningSimulator
 from tests.fixtures.simulator import wait_until
-from worker.luma import (
+from worker.upstream.web import (
     AccountExpired,
     GenerationNotFound,
     LumaClient,

@@ -1,18 +1,9 @@
-"""The upstream client for the Luma web API ("photon v1"): the only code that knows upstream URLs.
+"""The Luma web API ("photon v1"): its client, and the provider that adapts it to the worker.
 
-One `LumaClient` speaks for one account (one logged-in browser session, see UPSTREAM.md §1). Every
-upstream failure surfaces as one of the exceptions below, so the worker decides per class what to do
-with a generation and an account; nothing here knows about Redis, leases or records.
-
-    LumaError                      base: .status, .detail, .body (a short excerpt, never the cookie)
-    ├── UpstreamUnavailable        transient: 5xx, timeouts, resets; retried for idempotent calls
-    │   ├── RequestNotSent         the request provably never reached the server: a create may be retried
-    │   └── MalformedResponse      a 2xx whose body is not the JSON we expect (a create may have billed)
-    ├── AccountExpired             401: the cookie is dead until an operator replaces it
-    ├── UsageExhausted             the account's monthly capacity is spent
-    ├── RateLimited                429: .retry_after seconds, when the server said
-    └── UpstreamRejected           any other 4xx: this request will never succeed as sent
-        └── GenerationNotFound     404 on a generation
+`LumaClient` speaks for one account (one logged-in browser session, see UPSTREAM.md §1): the only
+code that knows this API's URLs, headers, cookies and error bodies. Every failure surfaces as one
+of worker/upstream/errors.py's exceptions. `WebProvider` turns the client's JSON into the typed
+results of worker/upstream/models.py, which is all the rest of the worker sees.
 """
 
 from __future__ import annotations
@@ -20,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
-import random
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeGuard, TypeVar
 from urllib.parse import quote
 
@@ -32,24 +21,22 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from shared.cookies import http_date, merge_set_cookie, normalize_cookie, parse_cookie
-
-__all__ = [
-    "AccountExpired",
-    "GenerationNotFound",
-    "LumaClient",
-    "LumaError",
-    "MalformedResponse",
-    "RateLimited",
-    "RequestNotSent",
-    "RetryPolicy",
-    "UpstreamRejected",
-    "UpstreamUnavailable",
-    "UsageExhausted",
-    "create_session",
-    "error_message",
-    "parse_retry_after",
-]
+from shared.cookies import merge_set_cookie, normalize_cookie, parse_cookie
+from shared.models import GenerationRecord
+from worker.upstream.errors import (
+    AccountExpired,
+    GenerationNotFound,
+    LumaError,
+    MalformedResponse,
+    RateLimited,
+    RequestNotSent,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    UsageExhausted,
+    parse_retry_after,
+)
+from worker.upstream.models import UploadSlot, UpstreamGeneration, UpstreamState, UpstreamUsage
+from worker.upstream.retry import DEFAULT_RETRY, NOT_SENT, TRANSIENT, RetryPolicy
 
 logger = structlog.get_logger(__name__)
 
@@ -72,65 +59,8 @@ _ID_RE = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 # --------------------------------------------------------------------------------------------------
-# Errors
+# Errors: how this API says what went wrong
 # --------------------------------------------------------------------------------------------------
-
-
-class LumaError(Exception):
-    """Any failure talking to the upstream."""
-
-    def __init__(
-        self, message: str, *, status: int | None = None, detail: object = None, body: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.detail = detail
-        self.body = body
-
-
-class UpstreamUnavailable(LumaError):
-    """Transient: 5xx, a timeout, a reset connection, or an unreadable 2xx body."""
-
-
-class RequestNotSent(UpstreamUnavailable):
-    """The request never reached the server (refused, DNS, connect timeout): safe to send again."""
-
-
-class MalformedResponse(UpstreamUnavailable):
-    """A 2xx whose body is not the JSON this call expects; treated as a transient fault."""
-
-
-class AccountExpired(LumaError):
-    """401: the account's token is expired or invalid until an operator gives it a new cookie."""
-
-
-class UsageExhausted(LumaError):
-    """The account's monthly capacity is spent ("Maximum usage limit exceeded", 402, ...)."""
-
-
-class RateLimited(LumaError):
-    """429: the account is saturated; `retry_after` is the server's hint in seconds, if any."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        detail: object = None,
-        body: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message, status=status, detail=detail, body=body)
-        self.retry_after = retry_after
-
-
-class UpstreamRejected(LumaError):
-    """Any other 4xx: the request itself is wrong (validation, unknown route, forbidden)."""
-
-
-class GenerationNotFound(UpstreamRejected):
-    """404 on a generation id: the account does not have it."""
 
 
 def error_message(detail: object) -> str:
@@ -156,25 +86,6 @@ def _validation_item(item: object) -> str:
         where = ".".join(str(part) for part in loc) if isinstance(loc, builtins.list) else ""
         return f"{where}: {item['msg']}" if where else str(item["msg"])
     return error_message(item)
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if unusable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        when = http_date(value)
-        if when is None:
-            return None
-        seconds = when - (time.time() if now is None else now)
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
-        return None
-    return max(0.0, seconds)
 
 
 def _error_detail(text: str) -> object:
@@ -215,43 +126,6 @@ def _storage_error_class(status: int) -> type[LumaError]:
     if 400 <= status < 500:
         return UpstreamRejected
     return UpstreamUnavailable
-
-
-# --------------------------------------------------------------------------------------------------
-# Retries
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How hard an idempotent call tries: exponential backoff with full jitter, within a budget."""
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 20.0
-    budget_seconds: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError("attempts must be at least 1")
-        if self.base_delay < 0 or self.max_delay < 0 or self.budget_seconds < 0:
-            raise ValueError("delays and budget must not be negative")
-
-    def backoff(self, failures: int) -> float:
-        """A random delay in [0, min(max_delay, base_delay * 2**(failures-1))] ("full jitter")."""
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(max(failures - 1, 0), 60))
-        return random.uniform(0.0, ceiling)
-
-    def delay_after(self, error: LumaError, failures: int) -> float:
-        """How long to wait before the next attempt after `error`, the `failures`-th in a row."""
-        if isinstance(error, RateLimited) and error.retry_after is not None:
-            return min(error.retry_after, self.max_delay)
-        return self.backoff(failures)
-
-
-DEFAULT_RETRY = RetryPolicy()
-_TRANSIENT: tuple[type[LumaError], ...] = (UpstreamUnavailable, RateLimited)
-_NOT_SENT: tuple[type[LumaError], ...] = (RequestNotSent,)
 
 
 def create_session(*, limit: int = 100) -> aiohttp.ClientSession:
@@ -310,10 +184,10 @@ class LumaClient:
         the caller reconciles against `list()` instead of sending it again.
         """
         path = f"{_GENERATIONS}/"
-        data = await self._with_retry(
+        data = await self._retried(
             "create",
             lambda: self._request("POST", path, _is_generation_array, json_body=dict(body)),
-            retry_on=_NOT_SENT,
+            retry_on=NOT_SENT,
         )
         generation: Json = data[0]
         return generation
@@ -321,7 +195,7 @@ class LumaClient:
     async def get(self, upstream_id: str) -> Json:
         """One generation, as received."""
         path = f"{_GENERATIONS}/{_path_id(upstream_id)}"
-        return await self._with_retry(
+        return await self._retried(
             "get", lambda: self._request("GET", path, _is_object, not_found=GenerationNotFound)
         )
 
@@ -329,24 +203,24 @@ class LumaClient:
         """The account's generations, newest first."""
         path = "/api/photon/v1/user/generations/"
         params = {"offset": str(offset), "limit": str(limit)}
-        return await self._with_retry(
+        return await self._retried(
             "list", lambda: self._request("GET", path, _is_object_array, params=params)
         )
 
     async def usage(self) -> Json:
         """`{consumed, capacity, available, subscription, plans}` as received."""
         path = "/api/photon/v1/subscription/usage"
-        return await self._with_retry("usage", lambda: self._request("GET", path, _is_object))
+        return await self._retried("usage", lambda: self._request("GET", path, _is_object))
 
     async def me(self) -> Json:
         """The current user; also the keep-alive that makes the upstream rotate the cookie."""
         path = "/api/users/v1/me"
-        return await self._with_retry("me", lambda: self._request("GET", path, _is_object))
+        return await self._retried("me", lambda: self._request("GET", path, _is_object))
 
     async def download_video_url(self, upstream_id: str) -> str:
         """The watermark-free video link of a completed generation."""
         path = f"{_GENERATIONS}/{_path_id(upstream_id)}/download_video_url"
-        data = await self._with_retry(
+        data = await self._retried(
             "download_video_url",
             lambda: self._request("GET", path, _is_download_link, not_found=GenerationNotFound),
         )
@@ -360,13 +234,13 @@ class LumaClient:
         """
         path = f"{_GENERATIONS}/file_upload"
         params = {"file_type": "image", "filename": filename}
-        return await self._with_retry(
+        return await self._retried(
             "sign_upload", lambda: self._request("POST", path, _is_upload_slot, params=params)
         )
 
     async def put_upload(self, presigned_url: str, data: bytes, content_type: str) -> None:
         """PUT the bytes to a presigned storage URL, without the account's cookie or browser headers."""
-        await self._with_retry("put_upload", lambda: self._put_storage(presigned_url, data, content_type))
+        await self._retried("put_upload", lambda: self._put_storage(presigned_url, data, content_type))
 
     # --- one attempt ----------------------------------------------------------------------------
 
@@ -466,38 +340,14 @@ class LumaClient:
             error.retry_after = parse_retry_after(retry_after)
         raise error
 
-    # --- retries --------------------------------------------------------------------------------
-
-    async def _with_retry(
+    async def _retried(
         self,
         operation: str,
         attempt: Callable[[], Awaitable[T]],
         *,
-        retry_on: tuple[type[LumaError], ...] = _TRANSIENT,
+        retry_on: tuple[type[LumaError], ...] = TRANSIENT,
     ) -> T:
-        policy = self.retry
-        deadline = time.monotonic() + policy.budget_seconds
-        failures = 0
-        while True:
-            try:
-                return await attempt()
-            except retry_on as exc:
-                failures += 1
-                if failures >= policy.attempts:
-                    raise
-                delay = policy.delay_after(exc, failures)
-                if time.monotonic() + delay > deadline:
-                    raise
-                self._log.warning(
-                    "luma.retry",
-                    operation=operation,
-                    attempt=failures,
-                    delay=round(delay, 3),
-                    error=type(exc).__name__,
-                    status=exc.status,
-                    message=exc.message,
-                )
-                await asyncio.sleep(delay)
+        return await self.retry.run(operation, attempt, retry_on=retry_on, log=self._log)
 
     # --- cookies --------------------------------------------------------------------------------
 
@@ -616,3 +466,113 @@ def _redact_url(url: str) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# The provider: this API's answers as the worker's typed results
+# --------------------------------------------------------------------------------------------------
+
+
+class WebProvider:
+    """`Provider` for accounts of kind `web`: a logged-in Luma session behind a cookie."""
+
+    def __init__(self, client: LumaClient) -> None:
+        self.client = client
+        self.account = client.account
+
+    async def create(self, record: GenerationRecord) -> UpstreamGeneration:
+        return generation_from_web(await self.client.create(create_body(record)))
+
+    async def get(self, upstream_id: str) -> UpstreamGeneration:
+        return generation_from_web(await self.client.get(upstream_id))
+
+    async def list_recent(self, offset: int, limit: int) -> builtins.list[UpstreamGeneration]:
+        items = await self.client.list(offset=offset, limit=limit)
+        return [generation_from_web(item) for item in items if isinstance(item.get("id"), str)]
+
+    async def usage(self) -> UpstreamUsage:
+        raw = await self.client.usage()
+        return UpstreamUsage(
+            available=_count(raw.get("available")),
+            capacity=_count(raw.get("capacity")),
+            consumed=_count(raw.get("consumed")),
+            raw=raw,
+        )
+
+    async def keep_alive(self) -> None:
+        await self.client.me()
+
+    async def upload(self, data: bytes, content_type: str, filename: str) -> UploadSlot:
+        signed = await self.client.sign_upload(filename or "file.jpg")
+        await self.client.put_upload(str(signed["presigned_url"]), data, content_type)
+        return UploadSlot(
+            id=str(signed.get("id") or ""),
+            presigned_url=str(signed["presigned_url"]),
+            public_url=str(signed["public_url"]),
+        )
+
+
+def create_body(record: GenerationRecord) -> Json:
+    """The create body of UPSTREAM.md §1 for a generation."""
+    body: Json = {
+        "user_prompt": record.prompt,
+        "aspect_ratio": record.aspect_ratio,
+        "expand_prompt": record.expand_prompt,
+    }
+    if record.image:
+        body["image_url"] = record.image
+    if record.image_end:
+        body["image_end_url"] = record.image_end
+    if record.loop is not None:
+        body["loop"] = record.loop
+    return body
+
+
+_WEB_STATES: dict[str, UpstreamState] = {
+    "pending": "pending",
+    "processing": "processing",
+    "completed": "completed",
+    "failed": "failed",
+}
+
+
+def generation_from_web(raw: Json) -> UpstreamGeneration:
+    """A web API generation object, normalized; unknown states count as live (`processing`)."""
+    video = raw.get("video")
+    url = video.get("url") if isinstance(video, dict) else None
+    prompt = raw.get("prompt")
+    state = _WEB_STATES.get(str(raw.get("state")), "processing")
+    return UpstreamGeneration(
+        id=str(raw["id"]),
+        prompt=prompt if isinstance(prompt, str) else None,
+        state=state,
+        created_ts=_iso_time(raw.get("created_at")),
+        video_url=url if isinstance(url, str) and url else None,
+        failure_message=_failure_message(raw) if state == "failed" else None,
+        raw=raw,
+    )
+
+
+def _failure_message(raw: Json) -> str:
+    # The web API has no fixed field for why a generation failed (UPSTREAM.md §1).
+    for field in ("failure_reason", "failure_message", "error", "reason", "detail"):
+        value = raw.get(field)
+        if isinstance(value, str) and value:
+            return value
+    return "the upstream reported the generation as failed"
+
+
+def _iso_time(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _count(value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
