@@ -10,11 +10,12 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from api import handlers
-from api.appkeys import ARQ, REDIS, REGISTRY, SETTINGS, STORE
+from api.appkeys import ARQ, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
 from api.auth import KEYRING, KeyRing
 from api.errors import error_middleware
 from api.middleware import add_response_headers, preflight, request_context
 from shared.accounts import AccountRegistry
+from shared.events import EventLog
 from shared.logs import configure_logging
 from shared.queue import create_arq_pool
 from shared.settings import Settings
@@ -43,6 +44,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[STORE] = generation_store(client, settings)
     app[REGISTRY] = AccountRegistry(client)
+    app[EVENTS] = EventLog(client)
     yield
     await client.aclose()
 
@@ -70,9 +72,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/api/generations/create", handlers.create_generation)
     app.router.add_post("/api/generations/upload", handlers.upload_image)
     app.router.add_get("/api/generations/{id}", handlers.get_generation)
+    app.router.add_get("/api/generations/{id}/events", handlers.generation_events)
     app.router.add_get("/api/admin/accounts", handlers.list_accounts)
     app.router.add_post("/api/admin/accounts", handlers.add_account)
     app.router.add_patch("/api/admin/accounts/{name}", handlers.update_account)
+    app.router.add_get("/api/admin/events", handlers.recent_events)
     app.router.add_get("/healthz", handlers.health)
     return app
 

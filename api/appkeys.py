@@ -11,6 +11,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from shared.accounts import AccountRegistry
+from shared.events import EventLog
 from shared.settings import Settings
 from shared.store import GenerationStore
 
@@ -19,3 +20,4 @@ REDIS = web.AppKey("redis", Redis)  # decoded strings: records, indexes, account
 ARQ = web.AppKey("arq", ArqRedis)  # bytes: arq's queue and uploaded images
 STORE = web.AppKey("store", GenerationStore)
 REGISTRY = web.AppKey("registry", AccountRegistry)
+EVENTS = web.AppKey("events", EventLog)

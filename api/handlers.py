@@ -9,19 +9,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from api import pool, uploads
-from api.appkeys import ARQ, REDIS, REGISTRY, SETTINGS, STORE
+from api.appkeys import ARQ, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
 from api.auth import Access, Caller, requires
 from api.errors import AccountExistsError, NotFound, QueueFullError, UnknownAccountError
-from api.parse import body_as, query_int
+from api.parse import body_as, query_as
 from shared import keys
 from shared.accounts import AccountExists, AccountView, UnknownAccount
-from shared.models import AccountUpdate, CreateRequest, GenerationRecord
+from shared.events import Event, EventsQuery, GenerationEvent
+from shared.models import AccountUpdate, CreateRequest, GenerationRecord, ListQuery
 from shared.settings import AccountConfig
 from shared.store import QueueFull
-
-LIST_DEFAULT_LIMIT = 10
-# No caller pages this far; the bound keeps the Redis range arithmetic within 64 bits.
-LIST_MAX_OFFSET = 2**53
 
 
 async def health(request: web.Request) -> web.Response:
@@ -33,10 +30,8 @@ async def health(request: web.Request) -> web.Response:
 @requires(Access.HOLDER)
 async def list_generations(request: web.Request, caller: Caller) -> web.Response:
     """GET /api/generations?offset=0&limit=10: the caller's generations, newest first."""
-    settings = request.app[SETTINGS]
-    offset = query_int(request, "offset", default=0, low=0, high=LIST_MAX_OFFSET)
-    limit = query_int(request, "limit", default=LIST_DEFAULT_LIMIT, low=1, high=settings.list_max_limit)
-    records = await request.app[STORE].list_owned(caller.owner, offset, limit)
+    query = query_as(request, ListQuery, max_limit=request.app[SETTINGS].list_max_limit)
+    records = await request.app[STORE].list_owned(caller.owner, query.offset, query.limit)
     return web.json_response({"data": await _views(request, records)})
 
 
@@ -49,6 +44,34 @@ async def get_generation(request: web.Request, caller: Caller) -> web.Response:
         raise NotFound(f"no generation {gen_id[:100]!r}")
     [view] = await _views(request, [record])
     return web.json_response({"data": view})
+
+
+@requires(Access.HOLDER_OR_ADMIN)
+async def generation_events(request: web.Request, caller: Caller) -> web.Response:
+    """GET /api/generations/{id}/events: every transition of one generation, oldest first.
+
+    Its owner sees its own; the admin sees any generation's, with owner and account.
+    """
+    gen_id = request.match_info["id"]
+    record = await request.app[STORE].get(gen_id)
+    if record is None or (record.owner != caller.owner and not caller.admin):
+        raise NotFound(f"no generation {gen_id[:100]!r}")
+    history = await request.app[EVENTS].history(gen_id)
+    return web.json_response({"data": [event.public(admin=caller.admin) for event in history]})
+
+
+@requires(Access.ADMIN)
+async def recent_events(request: web.Request, caller: Caller) -> web.Response:
+    """GET /api/admin/events?limit=100&before=ID: the newest entries of the whole event log."""
+    query = query_as(request, EventsQuery)
+    events = await request.app[EVENTS].recent(query.limit, before=query.before)
+    return web.json_response({"data": [_event_view(event) for event in events]})
+
+
+def _event_view(event: Event) -> dict[str, object]:
+    if isinstance(event, GenerationEvent):
+        return {"kind": "generation", **event.public(admin=True)}
+    return {"kind": "account", **event.model_dump(by_alias=True)}
 
 
 @requires(Access.HOLDER_OR_ADMIN)

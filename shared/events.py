@@ -109,6 +109,15 @@ class AccountEvent(BaseModel):
 Event = GenerationEvent | AccountEvent
 
 
+class EventsQuery(BaseModel):
+    """The query of GET /api/admin/events: a page of the newest entries, before an id."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(default=100, ge=1, le=1000)
+    before: str | None = Field(default=None, pattern=r"^\d{1,20}-\d{1,20}$")
+
+
 def parse_entry(entry_id: str, fields: dict[str, str]) -> Event:
     """A stream entry as a typed event; empty fields are absent ones."""
     present = {name: value for name, value in fields.items() if value != ""}
@@ -135,7 +144,8 @@ class EventLog:
             events.append(event)
         return events
 
-    async def recent(self, count: int = 100, *, before: str = "+") -> list[Event]:
-        """The newest entries of the whole log, newest first."""
-        entries = await self.redis.xrevrange(keys.EVENTS, max=before, min="-", count=count)
+    async def recent(self, count: int = 100, *, before: str | None = None) -> list[Event]:
+        """The newest entries of the whole log, newest first; `before`: only those older than it."""
+        newest = f"({before}" if before else "+"
+        entries = await self.redis.xrevrange(keys.EVENTS, max=newest, min="-", count=count)
         return [parse_entry(entry_id, fields) for entry_id, fields in entries]

@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     computed_field,
     field_serializer,
     field_validator,
@@ -70,6 +71,30 @@ class CreateRequest(BaseModel):
         return _http_url(value or None)
 
 
+# No caller pages this far; the bound keeps Redis's range arithmetic within 64 bits.
+LIST_MAX_OFFSET = 2**53
+
+
+class ListQuery(BaseModel):
+    """The query of GET /api/generations: a page of the caller's generations, newest first.
+
+    The bound on `limit` is a setting (LIST_MAX_LIMIT): validate with context {"max_limit": n}.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    offset: int = Field(default=0, ge=0, le=LIST_MAX_OFFSET)
+    limit: int = Field(default=10, ge=1)
+
+    @field_validator("limit")
+    @classmethod
+    def _within_setting(cls, value: int, info: ValidationInfo) -> int:
+        bound = (info.context or {}).get("max_limit")
+        if bound is not None and value > bound:
+            raise ValueError(f"must be at most {bound}")
+        return value
+
+
 class GenerationRecord(BaseModel):
     """One generation as stored in Redis: what the caller asked for and everything we learned.
 
@@ -90,6 +115,8 @@ class GenerationRecord(BaseModel):
     image_end: str | None = None
     created_at: str
     created_ts: float
+    callback_url: str | None = None  # where its webhooks go
+    batch_id: str | None = None  # the batch it was submitted in
 
     phase: Phase = Phase.WAITING
     failure_reason: str | None = None
