@@ -57,6 +57,11 @@ class InvalidJson(InvalidRequest):
     default_message = "the body must be a JSON object"
 
 
+class CallbackNotAllowed(InvalidRequest):
+    code = "callback_url_not_allowed"
+    default_message = "callback_url must be a public http(s) URL"
+
+
 class InvalidQuery(InvalidRequest):
     code = "invalid_query"
     default_message = "invalid query parameter"

@@ -11,9 +11,9 @@ from aiohttp import web
 from api import pool, uploads
 from api.appkeys import ARQ, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
 from api.auth import Access, Caller, requires
-from api.errors import AccountExistsError, NotFound, QueueFullError, UnknownAccountError
+from api.errors import AccountExistsError, CallbackNotAllowed, NotFound, QueueFullError, UnknownAccountError
 from api.parse import body_as, query_as
-from shared import keys
+from shared import keys, netguard
 from shared.accounts import AccountExists, AccountView, UnknownAccount
 from shared.events import Event, EventsQuery, GenerationEvent
 from shared.models import AccountUpdate, CreateRequest, GenerationRecord, ListQuery
@@ -86,6 +86,7 @@ async def create_generation(request: web.Request, caller: Caller) -> web.Respons
     """POST /api/generations/create: store the generation and queue it; answers at once."""
     body = await body_as(request, CreateRequest)
     app = request.app
+    await _check_callback(request, body.callback_url)
     record = GenerationRecord.new(caller.owner, body)
     # Read once: it bounds the queue here and feeds the answer's estimate below.
     accounts = await app[REGISTRY].all()
@@ -156,6 +157,16 @@ async def update_account(request: web.Request, caller: Caller) -> web.Response:
 
 async def _views(request: web.Request, records: list[GenerationRecord]) -> list[dict[str, object]]:
     return await pool.caller_views(request.app[REGISTRY], request.app[STORE], records)
+
+
+async def _check_callback(request: web.Request, url: str | None, field: str = "callback_url") -> None:
+    """A callback_url that is, or resolves to, an address in our own networks is refused (SSRF)."""
+    if url is None:
+        return
+    try:
+        await netguard.check_url(url, allow_private=request.app[SETTINGS].webhook_allow_private_networks)
+    except netguard.AddressNotAllowed as exc:
+        raise CallbackNotAllowed(f"{field} is not allowed: {exc}", field=field) from None
 
 
 async def _upload_account(request: web.Request, body: CreateRequest) -> str | None:

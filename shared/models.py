@@ -64,8 +64,10 @@ class CreateRequest(BaseModel):
     aspect_ratio: str = Field(default="16:9", pattern=r"^\d{1,2}:\d{1,2}$")
     expand_prompt: bool = True
     loop: bool | None = None
+    # Where this generation's webhooks go (worker/webhooks.py); checked against private networks.
+    callback_url: str | None = None
 
-    @field_validator("image", "image_end")
+    @field_validator("image", "image_end", "callback_url")
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
         return _http_url(value or None)
@@ -219,6 +221,8 @@ class GenerationRecord(BaseModel):
             image=self.image,
             image_end=self.image_end,
             upstream_id=self.upstream_id,
+            callback_url=self.callback_url,
+            batch_id=self.batch_id,
         )
         return shown
 

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
     # Until a generation time has been measured, estimates assume this.
     default_generation_seconds: float = Field(default=120.0, gt=0)
 
+    # Webhooks (worker/webhooks.py): how long a receiver may take, the seconds between attempts
+    # (the Standard Webhooks schedule: about 27 hours in all), and whether a callback_url may
+    # point into private networks (development and tests only: see shared/netguard.py).
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    webhook_allow_private_networks: bool = False
+
     worker_max_jobs: int = Field(default=50, ge=1)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
@@ -95,6 +104,20 @@ class Settings(BaseSettings):
     # Test-only: the name of a point in the submit path where the worker kills itself (SIGKILL),
     # so fault-injection tests can reproduce a crash at exactly that point.
     fault_point: str = ""
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [float(step) for step in value.split(",") if step.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule_is_positive(cls, value: list[float]) -> list[float]:
+        if any(step < 0 for step in value):
+            raise ValueError("every step of the schedule is a number of seconds, 0 or more")
+        return value
 
     @field_validator("secret_key", mode="before")
     @classmethod
