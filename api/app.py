@@ -70,13 +70,17 @@ def create_app(settings: Settings) -> web.Application:
     # Before /{id}, which would otherwise take "usage" for an id.
     app.router.add_get("/api/generations/usage", handlers.get_usage)
     app.router.add_post("/api/generations/create", handlers.create_generation)
+    app.router.add_post("/api/generations/batch", handlers.create_batch)
     app.router.add_post("/api/generations/upload", handlers.upload_image)
     app.router.add_get("/api/generations/{id}", handlers.get_generation)
     app.router.add_get("/api/generations/{id}/events", handlers.generation_events)
+    app.router.add_post("/api/generations/{id}/cancel", handlers.cancel_generation)
     app.router.add_get("/api/admin/accounts", handlers.list_accounts)
     app.router.add_post("/api/admin/accounts", handlers.add_account)
     app.router.add_patch("/api/admin/accounts/{name}", handlers.update_account)
     app.router.add_get("/api/admin/events", handlers.recent_events)
+    app.router.add_get("/api/admin/holders", handlers.list_holders)
+    app.router.add_patch("/api/admin/holders/{owner}", handlers.update_holder)
     app.router.add_get("/healthz", handlers.health)
     return app
 

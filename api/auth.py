@@ -54,6 +54,11 @@ class KeyRing:
     def open(self) -> bool:
         return not self._holders
 
+    @property
+    def holders(self) -> list[str]:
+        """Every key holder's id, in the order SECRET_KEY lists them ("open" when there is none)."""
+        return [holder for _, holder in self._holders] if self._holders else [OPEN_OWNER]
+
     def authorize(self, presented: str | None, access: Access) -> Caller:
         """The caller behind `presented`, or Unauthorized / AdminDisabled."""
         if access is Access.ADMIN and self._admin is None:

@@ -113,6 +113,45 @@ class QueueFullError(ApiError):
     default_message = "the queue is full; nothing was stored, try again later"
 
 
+class HolderQueueFullError(QueueFullError):
+    code = "holder_queue_full"
+    default_message = "you have as many generations waiting as you may; nothing was stored"
+
+
+class RateLimitedError(ApiError):
+    status = 429
+    code = "rate_limited"
+    default_message = "too many creates this minute; nothing was stored"
+
+
+class InvalidIdempotencyKey(InvalidRequest):
+    code = "invalid_idempotency_key"
+    default_message = "Idempotency-Key must be 1 to 255 printable ASCII characters"
+
+
+class IdempotencyKeyReusedError(ApiError):
+    status = 422
+    code = "idempotency_key_reused"
+    default_message = "this Idempotency-Key was used with another request; nothing was stored"
+
+
+class AlreadySubmitted(ApiError):
+    status = 409
+    code = "already_submitted"
+    default_message = "the generation was already sent to Luma and cannot be taken back"
+
+
+class AlreadyFinished(ApiError):
+    status = 409
+    code = "already_finished"
+    default_message = "the generation has already finished"
+
+
+class UnknownHolder(NotFound):
+    code = "unknown_holder"
+    default_message = "no key holder by that id"
+
+
 class UpstreamError(ApiError):
     status = 502
     code = "upstream_error"

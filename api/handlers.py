@@ -8,17 +8,30 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api import pool, uploads
+from api import pool, submissions, uploads
 from api.appkeys import ARQ, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
-from api.auth import Access, Caller, requires
-from api.errors import AccountExistsError, CallbackNotAllowed, NotFound, QueueFullError, UnknownAccountError
+from api.auth import KEYRING, Access, Caller, requires
+from api.errors import (
+    AccountExistsError,
+    AlreadyFinished,
+    AlreadySubmitted,
+    NotFound,
+    UnknownAccountError,
+    UnknownHolder,
+)
 from api.parse import body_as, query_as
-from shared import keys, netguard
 from shared.accounts import AccountExists, AccountView, UnknownAccount
 from shared.events import Event, EventsQuery, GenerationEvent
-from shared.models import AccountUpdate, CreateRequest, GenerationRecord, ListQuery
+from shared.models import (
+    AccountUpdate,
+    BatchRequest,
+    CreateRequest,
+    GenerationRecord,
+    HolderUpdate,
+    ListQuery,
+)
 from shared.settings import AccountConfig
-from shared.store import QueueFull
+from shared.states import NOT_SUBMITTED, FailureReason
 
 
 async def health(request: web.Request) -> web.Response:
@@ -31,7 +44,18 @@ async def health(request: web.Request) -> web.Response:
 async def list_generations(request: web.Request, caller: Caller) -> web.Response:
     """GET /api/generations?offset=0&limit=10: the caller's generations, newest first."""
     query = query_as(request, ListQuery, max_limit=request.app[SETTINGS].list_max_limit)
-    records = await request.app[STORE].list_owned(caller.owner, query.offset, query.limit)
+    store = request.app[STORE]
+    if query.ids is not None:
+        records = [
+            record
+            for record in await store.get_owned_many(caller.owner, query.ids)
+            if (query.state is None or record.state in query.state)
+            and (query.batch_id is None or record.batch_id == query.batch_id)
+        ][query.offset : query.offset + query.limit]
+    else:
+        records = await store.list_owned(
+            caller.owner, query.offset, query.limit, states=query.state, batch_id=query.batch_id
+        )
     return web.json_response({"data": await _views(request, records)})
 
 
@@ -85,22 +109,38 @@ async def get_usage(request: web.Request, caller: Caller) -> web.Response:
 async def create_generation(request: web.Request, caller: Caller) -> web.Response:
     """POST /api/generations/create: store the generation and queue it; answers at once."""
     body = await body_as(request, CreateRequest)
-    app = request.app
-    await _check_callback(request, body.callback_url)
-    record = GenerationRecord.new(caller.owner, body)
-    # Read once: it bounds the queue here and feeds the answer's estimate below.
-    accounts = await app[REGISTRY].all()
-    max_depth = pool.max_queue_depth(accounts, app[SETTINGS])
-    try:
-        await app[STORE].enqueue_new(record, max_depth=max_depth, pin=await _upload_account(request, body))
-    except QueueFull:
-        retry_after = await pool.retry_after_seconds(app[REGISTRY], app[STORE])
-        raise QueueFullError(
-            f"the queue is full ({max_depth} waiting); nothing was stored, retry in {retry_after}s",
-            headers={"Retry-After": str(retry_after)},
-        ) from None
-    shown = await pool.caller_views(app[REGISTRY], app[STORE], [record], accounts)
-    return web.json_response({"message": "Success", "data": shown})
+    done = await submissions.submit(request, caller, [body], kind="create", body=body.model_dump())
+    return web.json_response({"message": "Success", "data": done.views}, headers=done.headers)
+
+
+@requires(Access.HOLDER)
+async def create_batch(request: web.Request, caller: Caller) -> web.Response:
+    """POST /api/generations/batch: many generations in one request, all or nothing, in order."""
+    settings = request.app[SETTINGS]
+    body = await body_as(request, BatchRequest, max_items=settings.batch_max_items)
+    done = await submissions.submit(request, caller, body.creates(), kind="batch", body=body.model_dump())
+    return web.json_response(
+        {"message": "Success", "batch_id": done.batch_id, "data": done.views}, headers=done.headers
+    )
+
+
+@requires(Access.HOLDER)
+async def cancel_generation(request: web.Request, caller: Caller) -> web.Response:
+    """POST /api/generations/{id}/cancel: take back a generation that has not reached Luma yet."""
+    gen_id = request.match_info["id"]
+    store = request.app[STORE]
+    record = await store.get_owned(caller.owner, gen_id)
+    if record is None:
+        raise NotFound(f"no generation {gen_id[:100]!r}")
+    if record.phase in NOT_SUBMITTED:
+        cancelled = await store.cancel(record)
+        record = cancelled.record or record
+    if record.failure_reason == FailureReason.CANCELLED:
+        [view] = await _views(request, [record])  # cancelled, now or by an earlier call
+        return web.json_response({"data": view})
+    if record.terminal:
+        raise AlreadyFinished(f"generation {gen_id!r} has already {record.state}")
+    raise AlreadySubmitted
 
 
 @requires(Access.HOLDER)
@@ -155,28 +195,47 @@ async def update_account(request: web.Request, caller: Caller) -> web.Response:
     return web.json_response({"data": await _account_view(request, name)})
 
 
+@requires(Access.ADMIN)
+async def list_holders(request: web.Request, caller: Caller) -> web.Response:
+    """GET /api/admin/holders: each key holder's queue, recent creates and limits."""
+    owners = request.app[KEYRING].holders
+    return web.json_response({"data": await _holder_views(request, owners)})
+
+
+@requires(Access.ADMIN)
+async def update_holder(request: web.Request, caller: Caller) -> web.Response:
+    """PATCH /api/admin/holders/{owner}: an operator's own limits for one holder (null: default)."""
+    owner = request.match_info["owner"]
+    if owner not in request.app[KEYRING].holders:
+        raise UnknownHolder(f"no key holder {owner[:40]!r}; GET /api/admin/holders lists them")
+    change = await body_as(request, HolderUpdate)
+    await request.app[STORE].set_holder_overrides(
+        owner, {name: getattr(change, name) for name in change.model_fields_set}
+    )
+    [view] = await _holder_views(request, [owner])
+    return web.json_response({"data": view})
+
+
+async def _holder_views(request: web.Request, owners: list[str]) -> list[dict[str, object]]:
+    store = request.app[STORE]
+    defaults = submissions.holder_limits(request.app[SETTINGS])
+    overrides = await store.holder_overrides(owners)
+    activity = await store.holder_activity(owners)
+    return [
+        {
+            "owner": owner,
+            "waiting": waiting,
+            "creates_last_minute": recent,
+            "max_queued": own.get("max_queued", defaults.max_queued),
+            "creates_per_minute": own.get("creates_per_minute", defaults.creates_per_minute),
+            "overridden": sorted(own),
+        }
+        for owner, own, (waiting, recent) in zip(owners, overrides, activity, strict=True)
+    ]
+
+
 async def _views(request: web.Request, records: list[GenerationRecord]) -> list[dict[str, object]]:
     return await pool.caller_views(request.app[REGISTRY], request.app[STORE], records)
-
-
-async def _check_callback(request: web.Request, url: str | None, field: str = "callback_url") -> None:
-    """A callback_url that is, or resolves to, an address in our own networks is refused (SSRF)."""
-    if url is None:
-        return
-    try:
-        await netguard.check_url(url, allow_private=request.app[SETTINGS].webhook_allow_private_networks)
-    except netguard.AddressNotAllowed as exc:
-        raise CallbackNotAllowed(f"{field} is not allowed: {exc}", field=field) from None
-
-
-async def _upload_account(request: web.Request, body: CreateRequest) -> str | None:
-    """The account holding an image we uploaded: the generation must run there to see it."""
-    for url in (body.image, body.image_end):
-        if url:
-            account = await request.app[REDIS].get(keys.upload_account(url))
-            if account:
-                return str(account)
-    return None
 
 
 async def _account_view(request: web.Request, name: str) -> dict[str, object]:

@@ -25,11 +25,12 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def body_as(request: web.Request, model: type[Model]) -> Model:
-    """The JSON body validated as `model`; a 400 names every bad field."""
+async def body_as(request: web.Request, model: type[Model], **context: Any) -> Model:
+    """The JSON body validated as `model` (with `context` for settings-bound checks); a 400 names
+    every bad field."""
     body = await json_object(request)
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, context=context or None)
     except ValidationError as exc:
         raise invalid_fields(exc) from None
 

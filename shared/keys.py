@@ -11,6 +11,11 @@ Records and indexes (written only by shared/store.py's transition):
     upload:{id}              string  the uploaded bytes, until a worker has put them upstream
     upload-account:{hash}    string  account that holds an uploaded image (by public_url hash)
 
+Key holders (limits checked inside the create's Lua step, shared/store.py):
+    holder:{owner}:limits    hash    an operator's overrides: max_queued, creates_per_minute
+    holder:{owner}:creates   zset    gen id -> created ms over the last minute: the rate window
+    idem:{owner}:{digest}    string  JSON {hash, ids, batch_id}: what an Idempotency-Key created
+
 The event log (shared/events.py has the schema of an event):
     events                   stream  every transition of every generation, and account health
     events:{owner}           stream  one key holder's generation events, same entry ids
@@ -82,6 +87,19 @@ def batch_index(owner: str, batch_id: str) -> str:
 
 def batch_state_index(owner: str, batch_id: str, state: str) -> str:
     return f"{PREFIX}owner:{owner}:batch:{batch_id}:state:{state}"
+
+
+def holder_limits(owner: str) -> str:
+    return f"{PREFIX}holder:{owner}:limits"
+
+
+def holder_creates(owner: str) -> str:
+    return f"{PREFIX}holder:{owner}:creates"
+
+
+def idempotency(owner: str, key: str) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return f"{PREFIX}idem:{owner}:{digest}"
 
 
 def owner_events(owner: str) -> str:

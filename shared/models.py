@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -73,20 +73,78 @@ class CreateRequest(BaseModel):
         return _http_url(value or None)
 
 
+class BatchRequest(BaseModel):
+    """The body of POST /api/generations/batch: many creates at once, all or nothing.
+
+    The bound on the number of items is a setting (BATCH_MAX_ITEMS): validate with context
+    {"max_items": n}. A batch's `callback_url` is each item's unless the item names its own.
+    """
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    items: list[CreateRequest] = Field(min_length=1)
+    callback_url: str | None = None
+
+    @field_validator("callback_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return _http_url(value or None)
+
+    @field_validator("items")
+    @classmethod
+    def _within_setting(cls, value: list[CreateRequest], info: ValidationInfo) -> list[CreateRequest]:
+        bound = (info.context or {}).get("max_items")
+        if bound is not None and len(value) > bound:
+            raise ValueError(f"at most {bound} items in one batch, got {len(value)}")
+        return value
+
+    def creates(self) -> list[CreateRequest]:
+        """The items as creates, each with its callback_url (its own, else the batch's)."""
+        return [
+            item
+            if item.callback_url or not self.callback_url
+            else item.model_copy(update={"callback_url": self.callback_url})
+            for item in self.items
+        ]
+
+
 # No caller pages this far; the bound keeps Redis's range arithmetic within 64 bits.
 LIST_MAX_OFFSET = 2**53
+
+
+# Ids we hand out (uuid4) and batch ids: what a query may name.
+_ID_PATTERN = r"^[A-Za-z0-9-]{1,64}$"
+IDS_MAX = 100
+
+
+def _comma_list(value: object) -> object:
+    """`a,b` (or a parameter given twice) as a list; blanks dropped."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class ListQuery(BaseModel):
     """The query of GET /api/generations: a page of the caller's generations, newest first.
 
-    The bound on `limit` is a setting (LIST_MAX_LIMIT): validate with context {"max_limit": n}.
+    `state`, `ids` and `batch_id` filter it and combine. The bound on `limit` is a setting
+    (LIST_MAX_LIMIT): validate with context {"max_limit": n}.
     """
 
     model_config = ConfigDict(extra="ignore")
 
     offset: int = Field(default=0, ge=0, le=LIST_MAX_OFFSET)
     limit: int = Field(default=10, ge=1)
+    state: list[State] | None = Field(default=None, min_length=1)
+    ids: list[Annotated[str, Field(pattern=_ID_PATTERN)]] | None = Field(
+        default=None, min_length=1, max_length=IDS_MAX
+    )
+    batch_id: str | None = Field(default=None, pattern=_ID_PATTERN)
+
+    @field_validator("state", "ids", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _comma_list(value)
 
     @field_validator("limit")
     @classmethod
@@ -236,6 +294,18 @@ class UploadResult(BaseModel):
     account: str | None = None
     error: str | None = None
     error_code: str | None = None
+
+
+class HolderUpdate(BaseModel):
+    """The body of PATCH /api/admin/holders/{owner}: an operator's limits for one key holder.
+
+    A number sets the holder's own limit; null goes back to the default from settings.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queued: int | None = Field(default=None, ge=1)
+    creates_per_minute: int | None = Field(default=None, ge=0)
 
 
 class AccountUpdate(BaseModel):

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     upload_timeout_seconds: float = Field(default=60.0, gt=0)
 
     max_queue_depth: int = Field(default=10_000, ge=1)
+    # Per key holder: generations it may have waiting (unset: a quarter of MAX_QUEUE_DEPTH when
+    # there are several keys, all of it for a single one), and creates a minute (0: no limit).
+    # The admin API overrides both per holder.
+    holder_max_queued: int | None = Field(default=None, ge=1)
+    holder_creates_per_minute: int = Field(default=0, ge=0)
+    batch_max_items: int = Field(default=1000, ge=1, le=10_000)
+    # How long an Idempotency-Key is remembered, per key holder.
+    idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)
     list_max_limit: int = Field(default=100, ge=1)
     record_retention_days: float = Field(default=30.0, gt=0)
     # The event log (shared/events.py): every transition, kept to about this many entries; the

@@ -13,8 +13,10 @@ and shared/accounts.py; this module reads some of it to tell a caller where it s
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,7 +28,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.models import GenerationRecord
 from shared.settings import Settings
-from shared.states import PUBLIC_STATE, TRANSITIONS, Phase
+from shared.states import PUBLIC_STATE, TRANSITIONS, Phase, State
 
 log = structlog.get_logger(__name__)
 
@@ -182,33 +184,143 @@ local fence = ARGV[4] ~= '' and ARGV[4] or nil
 return lq_transition(ARGV[1], ARGV[2], lq_set(ARGV[3]), fence, cjson.decode(ARGV[5]))
 """
 
-# Enqueue new generations: records, indexes, wait queue, fairness ring and a wake-up, all or
-# nothing, and only while the queue has room (so a 429 stores nothing). ARGV: max depth, owner,
-# then per generation: record JSON, index score, pinned account ('' for none).
+# Enqueue new generations of one owner: records, indexes, wait queue, fairness ring and a wake-up,
+# all or nothing. In order, before anything is written: an Idempotency-Key already used answers
+# what it made (or refuses a different body); then the pool's queue bound, the holder's own
+# bound, and the holder's rate of creates over the last minute (an operator's overrides in
+# holder:{owner}:limits win over the defaults). Any refusal writes nothing.
+# KEYS: wait:all, wait:seq, wait:{owner}, wait:pin, wait:turn, wait:owners, wake,
+#       holder limits, holder creates, idempotency key ('' slot unused when none)
+# ARGV: max depth, owner, holder max queued, creates per minute (0: no limit), idempotency hash
+#       ('' for none), idempotency ttl s, batch id ('' for none), then per generation: record
+#       JSON, index score, pinned account ('' for none).
+# Returns {'created', depth, remaining creates or -1, creates per minute}
+#       | {'replay', batch id, ids...} | {'reused'} | {'queue_full', depth}
+#       | {'holder_full', limit} | {'rate_limited', limit, retry ms}
 _CREATE = """
 local max_depth, owner = tonumber(ARGV[1]), ARGV[2]
-local count = (#ARGV - 2) / 3
+local idem_hash, idem_ttl, batch_id = ARGV[5], ARGV[6], ARGV[7]
+local first = 8
+local count = (#ARGV - first + 1) / 3
+if idem_hash ~= '' then
+  local seen = redis.call('GET', KEYS[10])
+  if seen then
+    local earlier = cjson.decode(seen)
+    if earlier.hash ~= idem_hash then return {'reused'} end
+    local answer = {'replay', earlier.batch_id or ''}
+    for _, id in ipairs(earlier.ids) do table.insert(answer, id) end
+    return answer
+  end
+end
 local depth = redis.call('ZCARD', KEYS[1])
-if depth + count > max_depth then return -1 end
+if depth + count > max_depth then return {'queue_full', depth} end
+local overrides = redis.call('HMGET', KEYS[8], 'max_queued', 'creates_per_minute')
+local holder_max = tonumber(overrides[1] or ARGV[3])
+if redis.call('ZCARD', KEYS[3]) + count > holder_max then return {'holder_full', holder_max} end
 local now_ms = lq_now_ms()
+local per_minute = tonumber(overrides[2] or ARGV[4])
+local remaining = -1
+if per_minute > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', now_ms - 60000)
+  local recent = redis.call('ZCARD', KEYS[9])
+  if recent + count > per_minute then
+    local retry_ms = 60000
+    if count <= per_minute then
+      -- Enough of the minute's creates must age out for this many to fit.
+      local must_age = recent + count - per_minute - 1
+      local oldest = redis.call('ZRANGE', KEYS[9], must_age, must_age, 'WITHSCORES')
+      retry_ms = math.max(1, tonumber(oldest[2]) + 60000 - now_ms)
+    end
+    return {'rate_limited', per_minute, retry_ms}
+  end
+  remaining = per_minute - recent - count
+end
+local ids = {}
 for i = 0, count - 1 do
-  local raw, score, pin = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+  local raw, score, pin = ARGV[first + 3 * i], ARGV[first + 1 + 3 * i], ARGV[first + 2 + 3 * i]
   local rec = lq_insert(raw, score, now_ms)
+  table.insert(ids, rec.id)
   local seq = redis.call('INCR', KEYS[2])
   redis.call('ZADD', KEYS[3], seq, rec.id)
   redis.call('ZADD', KEYS[1], seq, rec.id)
   if pin ~= '' then redis.call('HSET', KEYS[4], rec.id, pin) end
+  if per_minute > 0 then redis.call('ZADD', KEYS[9], now_ms, rec.id) end
+end
+if per_minute > 0 then redis.call('PEXPIRE', KEYS[9], 60000) end
+if idem_hash ~= '' then
+  local made = cjson.encode({hash = idem_hash, ids = ids, batch_id = batch_id})
+  redis.call('SET', KEYS[10], made, 'EX', idem_ttl)
 end
 local turn = redis.call('GET', KEYS[5]) or '0'
 redis.call('ZADD', KEYS[6], 'NX', turn, owner)
 redis.call('LPUSH', KEYS[7], '1')
 redis.call('LTRIM', KEYS[7], 0, 999)
-return depth + count
+return {'created', depth + count, remaining, per_minute}
+"""
+
+# Take a generation back before it reaches the upstream: `waiting` leaves its queue at once,
+# `claimed` is refused its submit (its job gives the slot and the capacity back when it finds
+# it cancelled). KEYS: wait:{owner}, wait:all, wait:pin, wait:owners. ARGV: gen id, message,
+# finished ts. Returns lq_transition's answer.
+_CANCEL = """
+local moved = lq_transition(ARGV[1], 'failed', {waiting = true, claimed = true}, nil,
+  {failure_reason = 'cancelled', failure_message = ARGV[2], finished_ts = tonumber(ARGV[3])})
+if moved[1] == 'ok' and moved[2] == 'waiting' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  if redis.call('ZCARD', KEYS[1]) == 0 then
+    local owner = cjson.decode(moved[3]).owner
+    redis.call('ZREM', KEYS[4], owner)
+  end
+end
+return moved
 """
 
 
 class QueueFull(Exception):
     """The wait queue is at MAX_QUEUE_DEPTH; nothing was stored."""
+
+
+class HolderQueueFull(Exception):
+    """The key holder has as many generations waiting as it may; nothing was stored."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+class RateLimited(Exception):
+    """The key holder made its creates per minute already; nothing was stored."""
+
+    def __init__(self, limit: int, retry_after_seconds: float) -> None:
+        super().__init__(limit, retry_after_seconds)
+        self.limit = limit
+        self.retry_after_seconds = retry_after_seconds
+
+
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key was used before with another request; nothing was stored."""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What a create stored (or, for a repeated Idempotency-Key, what the first one stored)."""
+
+    ids: list[str]
+    batch_id: str | None
+    replayed: bool
+    depth: int | None = None  # the pool's queue depth after it, when this call stored it
+    creates_left: int | None = None  # in the holder's current minute, when it has a rate limit
+    creates_limit: int | None = None  # the holder's creates per minute, when it has one
+
+
+@dataclass(frozen=True)
+class HolderLimits:
+    """A key holder's limits, as the defaults from settings would apply them."""
+
+    max_queued: int
+    creates_per_minute: int  # 0: no limit
 
 
 class Outcome(StrEnum):
@@ -294,24 +406,50 @@ class GenerationStore:
         }
         self._create = redis.register_script(self.lua_library + _CREATE)
         self._transition = redis.register_script(self.lua_library + _TRANSITION)
+        self._cancel = redis.register_script(self.lua_library + _CANCEL)
 
     # --- writes ---------------------------------------------------------------------------------
 
     async def enqueue_new(self, record: GenerationRecord, *, max_depth: int, pin: str | None) -> int:
         """Store a new generation and put it at the back of its owner's queue; returns the depth."""
-        return await self.enqueue_many([(record, pin)], max_depth=max_depth)
+        enqueued = await self.enqueue_many(
+            [(record, pin)], max_depth=max_depth, limits=HolderLimits(max_depth, 0)
+        )
+        return enqueued.depth or 0
 
-    async def enqueue_many(self, items: list[tuple[GenerationRecord, str | None]], *, max_depth: int) -> int:
-        """Store generations of one owner, in order, at the back of its queue: all or none."""
+    async def enqueue_many(
+        self,
+        items: list[tuple[GenerationRecord, str | None]],
+        *,
+        max_depth: int,
+        limits: HolderLimits,
+        idempotency: tuple[str, str] | None = None,
+        idempotency_ttl: int = 86400,
+    ) -> Enqueued:
+        """Store generations of one owner, in order, at the back of its queue: all or none.
+
+        `idempotency`: (the caller's Idempotency-Key, a hash of its request). A key seen before
+        with the same hash answers what it stored then; with another hash, IdempotencyKeyReused.
+        Raises QueueFull, HolderQueueFull or RateLimited, having stored nothing.
+        """
         owner = items[0][0].owner
-        args: list[str | int] = [max_depth, owner]
+        batch_id = items[0][0].batch_id
+        args: list[str | int] = [
+            max_depth,
+            owner,
+            limits.max_queued,
+            limits.creates_per_minute,
+            idempotency[1] if idempotency else "",
+            idempotency_ttl,
+            batch_id or "",
+        ]
         for record, pin in items:
-            if record.owner != owner or record.phase is not Phase.WAITING:
-                raise ValueError("enqueue_many takes new generations of one owner")
+            if record.owner != owner or record.phase is not Phase.WAITING or record.batch_id != batch_id:
+                raise ValueError("enqueue_many takes new generations of one owner and one batch")
             # Milliseconds with a microsecond fraction: two creates in the same millisecond
             # must still list newest first, not in the random order of their ids.
             args += [record.model_dump_json(), f"{record.created_ts * 1000:.3f}", pin or ""]
-        depth = await self._create(
+        answer = await self._create(
             keys=[
                 keys.WAIT_ALL,
                 keys.WAIT_SEQ,
@@ -320,12 +458,69 @@ class GenerationStore:
                 keys.WAIT_TURN,
                 keys.WAIT_OWNERS,
                 keys.WAKE,
+                keys.holder_limits(owner),
+                keys.holder_creates(owner),
+                keys.idempotency(owner, idempotency[0]) if idempotency else keys.idempotency(owner, ""),
             ],
             args=args,
         )
-        if int(depth) < 0:
-            raise QueueFull
-        return int(depth)
+        outcome = str(answer[0])
+        if outcome == "created":
+            left = int(answer[2])
+            return Enqueued(
+                ids=[record.id for record, _ in items],
+                batch_id=batch_id,
+                replayed=False,
+                depth=int(answer[1]),
+                creates_left=None if left < 0 else left,
+                creates_limit=None if left < 0 else int(answer[3]),
+            )
+        if outcome == "replay":
+            return Enqueued(ids=[str(i) for i in answer[2:]], batch_id=str(answer[1]) or None, replayed=True)
+        if outcome == "reused":
+            raise IdempotencyKeyReused
+        if outcome == "holder_full":
+            raise HolderQueueFull(int(answer[1]))
+        if outcome == "rate_limited":
+            raise RateLimited(int(answer[1]), int(answer[2]) / 1000)
+        raise QueueFull
+
+    async def holder_overrides(self, owners: list[str]) -> list[dict[str, int]]:
+        """Each holder's limits as an operator set them (absent: the defaults apply)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                pipe.hgetall(keys.holder_limits(owner))
+            rows = await pipe.execute()
+        return [{name: int(value) for name, value in row.items()} for row in rows]
+
+    async def set_holder_overrides(self, owner: str, changes: dict[str, int | None]) -> None:
+        """Set (a number) or clear (None) an operator's limits for one holder."""
+        key = keys.holder_limits(owner)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for name, value in changes.items():
+                if value is None:
+                    pipe.hdel(key, name)
+                else:
+                    pipe.hset(key, name, str(value))
+            await pipe.execute()
+
+    async def holder_activity(self, owners: list[str]) -> list[tuple[int, int]]:
+        """Per holder: generations waiting, and creates in the last minute (when it is rate limited)."""
+        now_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for owner in owners:
+                pipe.zcard(keys.wait_queue(owner))
+                pipe.zcount(keys.holder_creates(owner), now_ms - 60_000, "+inf")
+            counts = await pipe.execute()
+        return [(int(counts[2 * i]), int(counts[2 * i + 1])) for i in range(len(owners))]
+
+    async def cancel(self, record: GenerationRecord) -> Transition:
+        """Take a generation back if nothing has reached the upstream yet (waiting or claimed)."""
+        answer = await self._cancel(
+            keys=[keys.wait_queue(record.owner), keys.WAIT_ALL, keys.WAIT_PIN, keys.WAIT_OWNERS],
+            args=[record.id, "cancelled by its owner before it reached the upstream", time.time()],
+        )
+        return _transition_result(record.id, Phase.FAILED, answer)
 
     async def transition(
         self,
@@ -351,15 +546,7 @@ class GenerationStore:
                 _encode_fields(fields),
             ]
         )
-        outcome, previous, raw = (str(part) for part in answer)
-        result = Transition(
-            outcome=Outcome(outcome),
-            previous=Phase(previous) if previous else None,
-            record=GenerationRecord.model_validate_json(raw) if raw else None,
-        )
-        if result.outcome is Outcome.ILLEGAL:
-            log.warning("transition_refused", generation_id=gen_id, current=previous, to=to.value)
-        return result
+        return _transition_result(gen_id, to, answer)
 
     async def next_fence(self) -> int:
         """A fencing token for a new intent, larger than every one before it."""
@@ -395,10 +582,45 @@ class GenerationStore:
         raws = await self.redis.mget([keys.generation(gen_id) for gen_id in gen_ids])
         return [GenerationRecord.model_validate_json(raw) for raw in raws if raw]
 
-    async def list_owned(self, owner: str, offset: int, limit: int) -> list[GenerationRecord]:
-        """Newest first, from the owner's sorted index: the cost grows with `limit`, not history."""
-        gen_ids = await self.redis.zrevrange(keys.owner_index(owner), offset, offset + limit - 1)
-        return await self.get_many(list(gen_ids))
+    async def list_owned(
+        self,
+        owner: str,
+        offset: int,
+        limit: int,
+        *,
+        states: Iterable[State] | None = None,
+        batch_id: str | None = None,
+    ) -> list[GenerationRecord]:
+        """Newest first, from the owner's sorted indexes: the cost grows with `limit`, not history.
+
+        `states` and `batch_id` pick the index kept for exactly those (one per public state, per
+        batch, per batch and state); several states are merged by creation time, which costs
+        (offset + limit) per state.
+        """
+        chosen = sorted(set(states)) if states is not None else None
+        if chosen is None:
+            index = [keys.batch_index(owner, batch_id) if batch_id else keys.owner_index(owner)]
+        elif batch_id:
+            index = [keys.batch_state_index(owner, batch_id, state) for state in chosen]
+        else:
+            index = [keys.owner_state_index(owner, state) for state in chosen]
+        if len(index) == 1:
+            gen_ids = list(await self.redis.zrevrange(index[0], offset, offset + limit - 1))
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in index:
+                    pipe.zrevrange(key, 0, offset + limit - 1, withscores=True)
+                pages = await pipe.execute()
+            merged = heapq.merge(*pages, key=lambda item: -item[1])
+            gen_ids = [gen_id for gen_id, _ in merged][offset : offset + limit]
+        return await self.get_many(gen_ids)
+
+    async def get_owned_many(self, owner: str, gen_ids: list[str]) -> list[GenerationRecord]:
+        """The owner's records among `gen_ids`, newest first; unknown and foreign ids are absent."""
+        found = [
+            record for record in await self.get_many(list(dict.fromkeys(gen_ids))) if record.owner == owner
+        ]
+        return sorted(found, key=lambda record: record.created_ts, reverse=True)
 
     async def waiting_positions(self, records: list[GenerationRecord]) -> dict[str, int]:
         """1-based places in the pool's queue, as the round-robin between owners will serve them.
@@ -453,6 +675,18 @@ class GenerationStore:
             return math.inf
         rounds = (ahead - pool.free_slots) // pool.total_slots + 1
         return round(rounds * pool.generation_seconds, 1)
+
+
+def _transition_result(gen_id: str, to: Phase, answer: list[Any]) -> Transition:
+    outcome, previous, raw = (str(part) for part in answer)
+    result = Transition(
+        outcome=Outcome(outcome),
+        previous=Phase(previous) if previous else None,
+        record=GenerationRecord.model_validate_json(raw) if raw else None,
+    )
+    if result.outcome is Outcome.ILLEGAL:
+        log.warning("transition_refused", generation_id=gen_id, current=previous, to=to.value)
+    return result
 
 
 def generation_store(redis: Redis, settings: Settings) -> GenerationStore:

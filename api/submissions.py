@@ -1,0 +1,197 @@
+"""Taking in new generations, one (create) or many (batch): the checks, the one atomic store step,
+and what a refusal tells the caller.
+
+Everything here happens before, or inside, the store's single Lua step, so a refused submission
+(a private callback_url, a full queue, a holder over its limits, an Idempotency-Key used for
+another request) has stored nothing at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from api import pool
+from api.appkeys import REDIS, REGISTRY, SETTINGS, STORE
+from api.auth import Caller
+from api.errors import (
+    CallbackNotAllowed,
+    HolderQueueFullError,
+    IdempotencyKeyReusedError,
+    InvalidIdempotencyKey,
+    QueueFullError,
+    RateLimitedError,
+)
+from shared import keys, netguard
+from shared.accounts import Account
+from shared.models import CreateRequest, GenerationRecord, new_id
+from shared.settings import Settings
+from shared.store import (
+    Enqueued,
+    HolderLimits,
+    HolderQueueFull,
+    IdempotencyKeyReused,
+    QueueFull,
+    RateLimited,
+)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_MAX = 255
+RATE_WINDOW_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What a create or batch answers: the generations as the caller sees them, and headers."""
+
+    batch_id: str | None
+    views: list[dict[str, object]]
+    headers: dict[str, str]
+
+
+def holder_limits(settings: Settings) -> HolderLimits:
+    """Each key holder's defaults (an operator may override them per holder).
+
+    One holder must not be able to fill the whole queue and lock the others out, so with more
+    than one key each may have a quarter of MAX_QUEUE_DEPTH waiting; with one key (or none:
+    an open api) there are no others to protect, and the holder may use all of it.
+    """
+    max_queued = settings.holder_max_queued
+    if max_queued is None:
+        shared = len(settings.secret_key) > 1
+        max_queued = max(1, settings.max_queue_depth // 4) if shared else settings.max_queue_depth
+    return HolderLimits(max_queued=max_queued, creates_per_minute=settings.holder_creates_per_minute)
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The Idempotency-Key header: 1 to 255 printable ASCII characters, or absent."""
+    value = request.headers.get(IDEMPOTENCY_HEADER)
+    if value is None:
+        return None
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not all(" " <= char <= "~" for char in value):
+        raise InvalidIdempotencyKey
+    return value
+
+
+def request_hash(kind: str, body: object) -> str:
+    """What "the same request" means for an Idempotency-Key: the endpoint and the validated body."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{kind}\n{canonical}".encode()).hexdigest()
+
+
+async def submit(
+    request: web.Request, caller: Caller, creates: list[CreateRequest], *, kind: str, body: object
+) -> Submitted:
+    """Check, store and queue `creates` for the caller, in order; all or none."""
+    app = request.app
+    settings = app[SETTINGS]
+    idempotency = idempotency_key(request)
+    for url in dict.fromkeys(create.callback_url for create in creates if create.callback_url):
+        await check_callback(settings, url)
+    batch_id = new_id() if kind == "batch" else None
+    now = time.time()
+    records = []
+    for index, create in enumerate(creates):
+        record = GenerationRecord.new(caller.owner, create)
+        # A microsecond apart, in the order given: a batch lists newest first like anything else.
+        record.created_ts = now + index * 1e-6
+        record.batch_id = batch_id
+        records.append(record)
+    pins = await upload_accounts(request, records)
+    accounts = await app[REGISTRY].all()
+    max_depth = pool.max_queue_depth(accounts, settings)
+    limits = holder_limits(settings)
+    try:
+        enqueued = await app[STORE].enqueue_many(
+            list(zip(records, pins, strict=True)),
+            max_depth=max_depth,
+            limits=limits,
+            idempotency=(idempotency, request_hash(kind, body)) if idempotency else None,
+            idempotency_ttl=int(settings.idempotency_ttl_seconds),
+        )
+    except QueueFull:
+        retry_after = await pool.retry_after_seconds(app[REGISTRY], app[STORE])
+        raise QueueFullError(
+            f"the queue is full ({max_depth} waiting); nothing was stored, retry in {retry_after}s",
+            headers={"Retry-After": str(retry_after)},
+        ) from None
+    except HolderQueueFull as full:
+        retry_after = await pool.retry_after_seconds(app[REGISTRY], app[STORE])
+        raise HolderQueueFullError(
+            f"you have {full.limit} generations waiting, your limit; nothing was stored, retry in "
+            f"{retry_after}s",
+            headers={"Retry-After": str(retry_after), **queue_headers(full.limit, 0)},
+        ) from None
+    except RateLimited as limited:
+        wait = max(1, math.ceil(limited.retry_after_seconds))
+        too_many = len(records) > limited.limit
+        raise RateLimitedError(
+            f"{len(records)} creates exceed your limit of {limited.limit} a minute; split them"
+            if too_many
+            else f"you made your {limited.limit} creates of this minute; retry in {wait}s",
+            headers={"Retry-After": str(wait), **rate_headers(limited.limit, 0, wait)},
+        ) from None
+    except IdempotencyKeyReused:
+        raise IdempotencyKeyReusedError from None
+    return Submitted(
+        batch_id=enqueued.batch_id,
+        views=await views_of(request, enqueued, records, accounts),
+        headers=_success_headers(enqueued),
+    )
+
+
+async def views_of(
+    request: web.Request, enqueued: Enqueued, records: list[GenerationRecord], accounts: list[Account]
+) -> list[dict[str, object]]:
+    """The stored generations as the caller sees them: the ones just made, or a replay's originals."""
+    app = request.app
+    if enqueued.replayed:
+        records = await app[STORE].get_many(enqueued.ids)
+    return await pool.caller_views(app[REGISTRY], app[STORE], records, accounts)
+
+
+async def check_callback(settings: Settings, url: str) -> None:
+    """A callback_url that is, or resolves to, an address in our own networks is refused (SSRF)."""
+    try:
+        await netguard.check_url(url, allow_private=settings.webhook_allow_private_networks)
+    except netguard.AddressNotAllowed as exc:
+        raise CallbackNotAllowed(f"callback_url is not allowed: {exc}", field="callback_url") from None
+
+
+async def upload_accounts(request: web.Request, records: list[GenerationRecord]) -> list[str | None]:
+    """Per generation, the account holding an image we uploaded: it must run there to see it."""
+    urls = sorted({url for record in records for url in (record.image, record.image_end) if url})
+    if not urls:
+        return [None] * len(records)
+    holders = dict(
+        zip(urls, await request.app[REDIS].mget([keys.upload_account(url) for url in urls]), strict=True)
+    )
+    pins: list[str | None] = []
+    for record in records:
+        held = [holders.get(url) for url in (record.image, record.image_end) if url]
+        pins.append(next((str(account) for account in held if account), None))
+    return pins
+
+
+def rate_headers(limit: int, remaining: int, reset_seconds: int) -> dict[str, str]:
+    """The IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers) for creates."""
+    return {
+        "RateLimit-Policy": f'"creates";q={limit};w={RATE_WINDOW_SECONDS}',
+        "RateLimit": f'"creates";r={remaining};t={reset_seconds}',
+    }
+
+
+def queue_headers(limit: int, remaining: int) -> dict[str, str]:
+    """The same fields for the holder's bound on waiting generations (a quota with no window)."""
+    return {"RateLimit-Policy": f'"queued";q={limit}', "RateLimit": f'"queued";r={remaining}'}
+
+
+def _success_headers(enqueued: Enqueued) -> dict[str, str]:
+    if enqueued.creates_left is None or enqueued.creates_limit is None:
+        return {}
+    return rate_headers(enqueued.creates_limit, enqueued.creates_left, RATE_WINDOW_SECONDS)
