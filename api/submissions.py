@@ -94,12 +94,13 @@ async def submit(
     for url in dict.fromkeys(create.callback_url for create in creates if create.callback_url):
         await check_callback(settings, url)
     batch_id = new_id() if kind == "batch" else None
-    now = time.time()
+    # Whole microseconds, a microsecond apart in the order given: a batch lists newest first
+    # like anything else (and float rounding cannot make two of them equal).
+    now_us = round(time.time() * 1_000_000)
     records = []
     for index, create in enumerate(creates):
         record = GenerationRecord.new(caller.owner, create)
-        # A microsecond apart, in the order given: a batch lists newest first like anything else.
-        record.created_ts = now + index * 1e-6
+        record.created_ts = (now_us + index) / 1_000_000
         record.batch_id = batch_id
         records.append(record)
     pins = await upload_accounts(request, records)

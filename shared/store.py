@@ -446,9 +446,7 @@ class GenerationStore:
         for record, pin in items:
             if record.owner != owner or record.phase is not Phase.WAITING or record.batch_id != batch_id:
                 raise ValueError("enqueue_many takes new generations of one owner and one batch")
-            # Milliseconds with a microsecond fraction: two creates in the same millisecond
-            # must still list newest first, not in the random order of their ids.
-            args += [record.model_dump_json(), f"{record.created_ts * 1000:.3f}", pin or ""]
+            args += [record.model_dump_json(), _index_score(record.created_ts), pin or ""]
         answer = await self._create(
             keys=[
                 keys.WAIT_ALL,
@@ -675,6 +673,14 @@ class GenerationStore:
             return math.inf
         rounds = (ahead - pool.free_slots) // pool.total_slots + 1
         return round(rounds * pool.generation_seconds, 1)
+
+
+def _index_score(created_ts: float) -> str:
+    """Milliseconds with a microsecond fraction, written from whole microseconds: two creates in
+    the same millisecond (a batch's items are a microsecond apart) must still list newest first,
+    not in the random order of their ids, and float rounding must not make two of them equal."""
+    micros = round(created_ts * 1_000_000)
+    return f"{micros // 1000}.{micros % 1000:03d}"
 
 
 def _transition_result(gen_id: str, to: Phase, answer: list[Any]) -> Transition:
