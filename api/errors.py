@@ -169,6 +169,11 @@ class RedisUnavailable(ServiceUnavailable):
     default_message = "the queue's storage (Redis) is unavailable; nothing was changed, try again shortly"
 
 
+class NoAccountAvailable(ServiceUnavailable):
+    code = "no_account_available"
+    default_message = "no Luma account can take work now; nothing was stored"
+
+
 class UploadTimeout(ApiError):
     status = 504
     code = "upload_timeout"

@@ -7,6 +7,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from redis.asyncio import Redis
+
+from shared import keys
 from shared.accounts import Account, AccountRegistry, AccountState
 from shared.models import GenerationRecord
 from shared.settings import Settings
@@ -45,6 +48,27 @@ async def caller_views(
     positions = await store.waiting_positions(records)
     pool = await snapshot(registry, store, accounts) if positions else None
     return views(records, positions, pool)
+
+
+def can_take_work(accounts: list[Account]) -> bool:
+    """Whether a new generation can ever start: some account is active (resting after a 429 or a
+    run of errors still counts: it comes back by itself). With no account registered yet (the
+    workers register theirs when they start) it is accepted, and NO_ACCOUNT_DEADLINE_SECONDS
+    still keeps it from waiting forever."""
+    return not accounts or any(account.state == AccountState.ACTIVE for account in accounts)
+
+
+async def next_usage_refresh(redis: Redis, accounts: list[Account]) -> int | None:
+    """Whole seconds until a spent account's capacity is read again (None: no account is spent)."""
+    spent = [account.name for account in accounts if account.state == AccountState.SPENT]
+    if not spent:
+        return None
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in spent:
+            pipe.pttl(keys.usage_lock(name))
+        waits = await pipe.execute()
+    # No lock means a refresh is due now; the next upkeep tick makes it.
+    return max(1, math.ceil(min(max(0, int(wait)) for wait in waits) / 1000))
 
 
 def max_queue_depth(accounts: list[Account], settings: Settings) -> int:

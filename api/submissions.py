@@ -24,6 +24,7 @@ from api.errors import (
     HolderQueueFullError,
     IdempotencyKeyReusedError,
     InvalidIdempotencyKey,
+    NoAccountAvailable,
     QueueFullError,
     RateLimitedError,
 )
@@ -36,6 +37,7 @@ from shared.store import (
     HolderLimits,
     HolderQueueFull,
     IdempotencyKeyReused,
+    NoAccount,
     QueueFull,
     RateLimited,
 )
@@ -114,7 +116,15 @@ async def submit(
             limits=limits,
             idempotency=(idempotency, request_hash(kind, body)) if idempotency else None,
             idempotency_ttl=int(settings.idempotency_ttl_seconds),
+            accepting_new=pool.can_take_work(accounts),
         )
+    except NoAccount:
+        retry_after = await pool.next_usage_refresh(app[REDIS], accounts)
+        raise NoAccountAvailable(
+            "no Luma account can take work now (every one is expired, spent or disabled); nothing was "
+            "stored" + (f", retry in {retry_after}s, when capacity is read again" if retry_after else ""),
+            headers={"Retry-After": str(retry_after)} if retry_after else {},
+        ) from None
     except QueueFull:
         retry_after = await pool.retry_after_seconds(app[REGISTRY], app[STORE])
         raise QueueFullError(

@@ -34,7 +34,12 @@ Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     account:{name}:running   zset    gen id -> upstream created ms; generations to poll
     account:{name}:poll      string  lock: its lifetime is the wait until the account's next poll
     account:{name}:usage-lock / :heartbeat-lock   locks: one worker reads usage / keeps alive per period
-    lock:sweep               string  lock: one worker sweeps per period
+    lock:sweep / lock:deadlines   string  locks: one worker sweeps, one enforces deadlines, per period
+    workers                  set     ids of workers that have announced themselves
+    worker:{id}              string  a worker's liveness: expires 3 heartbeats after its last
+    worker:{id}:jobs         set     arq job ids that worker is running (taken over if it dies)
+    start-deadlines          zset    gen id -> ms by which it must have been submitted upstream
+    pool:unusable-since      string  ms since when no account could take work (NO_ACCOUNT_DEADLINE)
     stats:gen-seconds        string  measured recent generation time (EWMA), for estimates
     fence                    string  fencing token counter for create intents
     dispatch:seq             string  counts claims: the global order in which generations start
@@ -62,7 +67,11 @@ GEN_SECONDS = PREFIX + "stats:gen-seconds"
 FENCE = PREFIX + "fence"
 DISPATCH_SEQ = PREFIX + "dispatch:seq"
 SWEEP_LOCK = PREFIX + "lock:sweep"
+DEADLINES_LOCK = PREFIX + "lock:deadlines"
 EVENTS = PREFIX + "events"
+WORKERS = PREFIX + "workers"
+START_DEADLINES = PREFIX + "start-deadlines"
+POOL_UNUSABLE_SINCE = PREFIX + "pool:unusable-since"
 
 
 def generation(gen_id: str) -> str:
@@ -149,6 +158,14 @@ def usage_lock(name: str) -> str:
 
 def heartbeat_lock(name: str) -> str:
     return f"{PREFIX}account:{name}:heartbeat-lock"
+
+
+def worker_alive(worker_id: str) -> str:
+    return f"{PREFIX}worker:{worker_id}"
+
+
+def worker_jobs(worker_id: str) -> str:
+    return f"{PREFIX}worker:{worker_id}:jobs"
 
 
 def submit_job_id(gen_id: str) -> str:

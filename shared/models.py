@@ -66,6 +66,8 @@ class CreateRequest(BaseModel):
     loop: bool | None = None
     # Where this generation's webhooks go (worker/webhooks.py); checked against private networks.
     callback_url: str | None = None
+    # Not submitted upstream within this long: it fails `start_deadline_exceeded` instead.
+    start_deadline_seconds: float | None = Field(default=None, gt=0, le=30 * 86400)
 
     @field_validator("image", "image_end", "callback_url")
     @classmethod
@@ -177,6 +179,7 @@ class GenerationRecord(BaseModel):
     created_ts: float
     callback_url: str | None = None  # where its webhooks go
     batch_id: str | None = None  # the batch it was submitted in
+    start_deadline_ts: float | None = None  # must be submitted upstream by then, or it fails
 
     phase: Phase = Phase.WAITING
     failure_reason: str | None = None
@@ -237,12 +240,15 @@ class GenerationRecord(BaseModel):
     @classmethod
     def new(cls, owner: str, request: CreateRequest) -> GenerationRecord:
         now = time.time()
+        fields = request.model_dump(exclude={"start_deadline_seconds"})
+        deadline = request.start_deadline_seconds
         return cls(
             id=new_id(),
             owner=owner,
             created_at=utc_iso(now),
             created_ts=now,
-            **request.model_dump(),
+            start_deadline_ts=None if deadline is None else now + deadline,
+            **fields,
         )
 
     @property

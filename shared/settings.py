@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(default=10.0, gt=0)
 
     upstream_timeout_seconds: float = Field(default=30.0, gt=0)
+    # A create is bounded more tightly than reads: how long one may still land upstream after
+    # its worker died is what a reconcile waits for before it may create again.
+    upstream_create_timeout_seconds: float = Field(default=10.0, gt=0)
     upstream_retry_attempts: int = Field(default=5, ge=1)
     upstream_retry_base_seconds: float = Field(default=0.5, ge=0)
     upstream_retry_max_seconds: float = Field(default=20.0, ge=0)
@@ -104,6 +107,10 @@ class Settings(BaseSettings):
     webhook_allow_private_networks: bool = False
 
     worker_max_jobs: int = Field(default=50, ge=1)
+    # A worker's liveness key lives 3 heartbeats; once it lapses another worker takes its jobs over.
+    worker_heartbeat_seconds: float = Field(default=2.0, gt=0)
+    # A waiting generation fails `no_account` once no account could take work for this long.
+    no_account_deadline_seconds: float = Field(default=3600.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
     log_level: str = "INFO"

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.models import GenerationRecord
 from shared.settings import Settings
-from shared.states import PUBLIC_STATE, TRANSITIONS, Phase, State
+from shared.states import NOT_SUBMITTED, PUBLIC_STATE, TRANSITIONS, FailureReason, Phase, State
 
 log = structlog.get_logger(__name__)
 
@@ -190,17 +190,18 @@ return lq_transition(ARGV[1], ARGV[2], lq_set(ARGV[3]), fence, cjson.decode(ARGV
 # bound, and the holder's rate of creates over the last minute (an operator's overrides in
 # holder:{owner}:limits win over the defaults). Any refusal writes nothing.
 # KEYS: wait:all, wait:seq, wait:{owner}, wait:pin, wait:turn, wait:owners, wake,
-#       holder limits, holder creates, idempotency key ('' slot unused when none)
+#       holder limits, holder creates, idempotency key (unused when none), start deadlines
 # ARGV: max depth, owner, holder max queued, creates per minute (0: no limit), idempotency hash
-#       ('' for none), idempotency ttl s, batch id ('' for none), then per generation: record
-#       JSON, index score, pinned account ('' for none).
+#       ('' for none), idempotency ttl s, batch id ('' for none), 1 while some account can take
+#       new work (0: only a replay can be answered), then per generation: record JSON, index
+#       score, pinned account ('' for none).
 # Returns {'created', depth, remaining creates or -1, creates per minute}
-#       | {'replay', batch id, ids...} | {'reused'} | {'queue_full', depth}
+#       | {'replay', batch id, ids...} | {'reused'} | {'no_account'} | {'queue_full', depth}
 #       | {'holder_full', limit} | {'rate_limited', limit, retry ms}
 _CREATE = """
 local max_depth, owner = tonumber(ARGV[1]), ARGV[2]
-local idem_hash, idem_ttl, batch_id = ARGV[5], ARGV[6], ARGV[7]
-local first = 8
+local idem_hash, idem_ttl, batch_id, accepting = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local first = 9
 local count = (#ARGV - first + 1) / 3
 if idem_hash ~= '' then
   local seen = redis.call('GET', KEYS[10])
@@ -212,6 +213,7 @@ if idem_hash ~= '' then
     return answer
   end
 end
+if accepting ~= '1' then return {'no_account'} end
 local depth = redis.call('ZCARD', KEYS[1])
 if depth + count > max_depth then return {'queue_full', depth} end
 local overrides = redis.call('HMGET', KEYS[8], 'max_queued', 'creates_per_minute')
@@ -245,6 +247,9 @@ for i = 0, count - 1 do
   redis.call('ZADD', KEYS[1], seq, rec.id)
   if pin ~= '' then redis.call('HSET', KEYS[4], rec.id, pin) end
   if per_minute > 0 then redis.call('ZADD', KEYS[9], now_ms, rec.id) end
+  if lq_present(rec.start_deadline_ts) then
+    redis.call('ZADD', KEYS[11], math.floor(rec.start_deadline_ts * 1000), rec.id)
+  end
 end
 if per_minute > 0 then redis.call('PEXPIRE', KEYS[9], 60000) end
 if idem_hash ~= '' then
@@ -258,13 +263,14 @@ redis.call('LTRIM', KEYS[7], 0, 999)
 return {'created', depth + count, remaining, per_minute}
 """
 
-# Take a generation back before it reaches the upstream: `waiting` leaves its queue at once,
-# `claimed` is refused its submit (its job gives the slot and the capacity back when it finds
-# it cancelled). KEYS: wait:{owner}, wait:all, wait:pin, wait:owners. ARGV: gen id, message,
-# finished ts. Returns lq_transition's answer.
-_CANCEL = """
-local moved = lq_transition(ARGV[1], 'failed', {waiting = true, claimed = true}, nil,
-  {failure_reason = 'cancelled', failure_message = ARGV[2], finished_ts = tonumber(ARGV[3])})
+# Take a generation back before it reaches the upstream (its owner's cancel, or a deadline):
+# `waiting` leaves its queue at once, `claimed` is refused its submit (its job gives the slot and
+# the capacity back when it finds it failed). KEYS: wait:{owner}, wait:all, wait:pin,
+# wait:owners. ARGV: gen id, failure reason, message, finished ts, phases it may be taken from.
+# Returns lq_transition's answer.
+_TAKE_BACK = """
+local moved = lq_transition(ARGV[1], 'failed', lq_set(ARGV[5]), nil,
+  {failure_reason = ARGV[2], failure_message = ARGV[3], finished_ts = tonumber(ARGV[4])})
 if moved[1] == 'ok' and moved[2] == 'waiting' then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -297,6 +303,10 @@ class RateLimited(Exception):
         super().__init__(limit, retry_after_seconds)
         self.limit = limit
         self.retry_after_seconds = retry_after_seconds
+
+
+class NoAccount(Exception):
+    """No account can take new work (every one expired, spent or disabled); nothing was stored."""
 
 
 class IdempotencyKeyReused(Exception):
@@ -406,7 +416,7 @@ class GenerationStore:
         }
         self._create = redis.register_script(self.lua_library + _CREATE)
         self._transition = redis.register_script(self.lua_library + _TRANSITION)
-        self._cancel = redis.register_script(self.lua_library + _CANCEL)
+        self._take_back = redis.register_script(self.lua_library + _TAKE_BACK)
 
     # --- writes ---------------------------------------------------------------------------------
 
@@ -425,12 +435,14 @@ class GenerationStore:
         limits: HolderLimits,
         idempotency: tuple[str, str] | None = None,
         idempotency_ttl: int = 86400,
+        accepting_new: bool = True,
     ) -> Enqueued:
         """Store generations of one owner, in order, at the back of its queue: all or none.
 
         `idempotency`: (the caller's Idempotency-Key, a hash of its request). A key seen before
         with the same hash answers what it stored then; with another hash, IdempotencyKeyReused.
-        Raises QueueFull, HolderQueueFull or RateLimited, having stored nothing.
+        `accepting_new` False: no account can take work, so only a replay is answered (else
+        NoAccount). Raises QueueFull, HolderQueueFull or RateLimited, having stored nothing.
         """
         owner = items[0][0].owner
         batch_id = items[0][0].batch_id
@@ -442,6 +454,7 @@ class GenerationStore:
             idempotency[1] if idempotency else "",
             idempotency_ttl,
             batch_id or "",
+            "1" if accepting_new else "0",
         ]
         for record, pin in items:
             if record.owner != owner or record.phase is not Phase.WAITING or record.batch_id != batch_id:
@@ -459,6 +472,7 @@ class GenerationStore:
                 keys.holder_limits(owner),
                 keys.holder_creates(owner),
                 keys.idempotency(owner, idempotency[0]) if idempotency else keys.idempotency(owner, ""),
+                keys.START_DEADLINES,
             ],
             args=args,
         )
@@ -477,6 +491,8 @@ class GenerationStore:
             return Enqueued(ids=[str(i) for i in answer[2:]], batch_id=str(answer[1]) or None, replayed=True)
         if outcome == "reused":
             raise IdempotencyKeyReused
+        if outcome == "no_account":
+            raise NoAccount
         if outcome == "holder_full":
             raise HolderQueueFull(int(answer[1]))
         if outcome == "rate_limited":
@@ -512,13 +528,37 @@ class GenerationStore:
             counts = await pipe.execute()
         return [(int(counts[2 * i]), int(counts[2 * i + 1])) for i in range(len(owners))]
 
-    async def cancel(self, record: GenerationRecord) -> Transition:
-        """Take a generation back if nothing has reached the upstream yet (waiting or claimed)."""
-        answer = await self._cancel(
+    async def take_back(
+        self,
+        record: GenerationRecord,
+        reason: FailureReason,
+        message: str,
+        *,
+        expect: Iterable[Phase] = NOT_SUBMITTED,
+    ) -> Transition:
+        """End a generation `failed` before anything reached the upstream (waiting or claimed)."""
+        answer = await self._take_back(
             keys=[keys.wait_queue(record.owner), keys.WAIT_ALL, keys.WAIT_PIN, keys.WAIT_OWNERS],
-            args=[record.id, "cancelled by its owner before it reached the upstream", time.time()],
+            args=[record.id, reason.value, message, time.time(), ",".join(phase.value for phase in expect)],
         )
         return _transition_result(record.id, Phase.FAILED, answer)
+
+    async def cancel(self, record: GenerationRecord) -> Transition:
+        """Its owner takes it back, if nothing has reached the upstream yet."""
+        return await self.take_back(
+            record, FailureReason.CANCELLED, "cancelled by its owner before it reached the upstream"
+        )
+
+    async def due_start_deadlines(self, now: float, count: int = 100) -> list[str]:
+        """Generations whose start deadline has passed (dropped from the schedule as they are read)."""
+        due = list(await self.redis.zrangebyscore(keys.START_DEADLINES, "-inf", int(now * 1000), 0, count))
+        if due:
+            await self.redis.zrem(keys.START_DEADLINES, *due)
+        return due
+
+    async def waiting_ids(self, count: int = 1000) -> list[str]:
+        """The oldest waiting generations of the whole pool."""
+        return list(await self.redis.zrange(keys.WAIT_ALL, 0, count - 1))
 
     async def transition(
         self,

@@ -51,6 +51,7 @@ class Deps:
             account,
             self.session,
             timeout=settings.upstream_timeout_seconds,
+            create_timeout=settings.upstream_create_timeout_seconds,
             retry=RetryPolicy(
                 attempts=settings.upstream_retry_attempts,
                 base_delay=settings.upstream_retry_base_seconds,

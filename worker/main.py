@@ -25,6 +25,7 @@ from shared.settings import Settings
 from shared.store import generation_store
 from worker.context import Deps, deps_of
 from worker.dispatcher import run_dispatcher
+from worker.liveness import Liveness, new_worker_id, run_liveness
 from worker.maintenance import run_upkeep
 from worker.poller import run_poller
 from worker.scheduler import Scheduler
@@ -65,9 +66,13 @@ async def startup(ctx: dict[str, Any]) -> None:
         events=EventLog(redis),
     )
     ctx["deps"] = deps
+    liveness = Liveness(redis, worker_id=new_worker_id(), heartbeat_seconds=settings.worker_heartbeat_seconds)
+    await liveness.beat()
+    ctx["liveness"] = liveness
     stopping = asyncio.Event()
     ctx["stopping"] = stopping
     ctx["loops"] = [
+        asyncio.create_task(run_liveness(liveness, stopping), name="liveness"),
         asyncio.create_task(run_poller(deps, stopping), name="poller"),
         asyncio.create_task(run_upkeep(deps, stopping), name="upkeep"),
         asyncio.create_task(run_dispatcher(deps, stopping), name="dispatcher"),
@@ -85,6 +90,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await asyncio.gather(*ctx["loops"], return_exceptions=True)
     try:
         await release_unused_leases(deps)
+        await ctx["liveness"].leave()
     except (RedisConnectionError, RedisTimeoutError, OSError):
         log.warning("shutdown_without_redis", unreleased=len(deps.unused_leases))
     await deps.session.close()
@@ -95,6 +101,12 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 async def on_job_start(ctx: dict[str, Any]) -> None:
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"), job_try=ctx.get("job_try"))
+    # Should this process die now, another worker frees the job within seconds (worker/liveness.py).
+    await ctx["liveness"].job_started(ctx["job_id"])
+
+
+async def after_job_end(ctx: dict[str, Any]) -> None:
+    await ctx["liveness"].job_ended(ctx["job_id"])
 
 
 def build_worker(settings: Settings) -> Worker:
@@ -119,6 +131,7 @@ def build_worker(settings: Settings) -> Worker:
         on_startup=startup,
         on_shutdown=shutdown,
         on_job_start=on_job_start,
+        after_job_end=after_job_end,
         max_jobs=settings.worker_max_jobs,
         poll_delay=0.05,
         job_serializer=serialize_job,

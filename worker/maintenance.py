@@ -16,11 +16,15 @@ from shared import keys
 from shared.accounts import Account, AccountState
 from shared.health import Problem
 from shared.queue import SUBMIT_JOB
+from shared.states import NOT_SUBMITTED, FailureReason, Phase
 from worker.context import Deps
 from worker.loops import run_loop
 from worker.upstream.errors import LumaError
 
 log = structlog.get_logger(__name__)
+
+# Deadlines are looked at by one worker at a time, about this often.
+DEADLINES_EVERY_MS = 500
 
 
 async def refresh_usage(deps: Deps, account: Account) -> None:
@@ -64,6 +68,36 @@ async def upkeep_once(deps: Deps, holder: str) -> None:
             keys.heartbeat_lock(account.name), holder, nx=True, px=int(settings.heartbeat_seconds * 1000)
         ):
             await keep_alive(deps, account)
+
+
+async def enforce_deadlines(deps: Deps, now: float) -> None:
+    """No accepted generation waits forever: start deadlines, and a pool that cannot serve."""
+    for gen_id in await deps.store.due_start_deadlines(now):
+        record = await deps.store.get(gen_id)
+        if record is not None and record.phase in NOT_SUBMITTED:
+            await deps.store.take_back(
+                record,
+                FailureReason.START_DEADLINE_EXCEEDED,
+                "it was not submitted to the upstream before its start_deadline_seconds",
+            )
+    accounts = await deps.registry.all()
+    if any(account.state is AccountState.ACTIVE for account in accounts):
+        await deps.redis.delete(keys.POOL_UNUSABLE_SINCE)
+        return
+    # Every account is expired, spent or disabled (or there is none): how long already?
+    await deps.redis.set(keys.POOL_UNUSABLE_SINCE, int(now * 1000), nx=True)
+    since = int(await deps.redis.get(keys.POOL_UNUSABLE_SINCE) or now * 1000) / 1000
+    deadline = deps.settings.no_account_deadline_seconds
+    if now - since < deadline:
+        return
+    for record in await deps.store.get_many(await deps.store.waiting_ids()):
+        if max(record.created_ts, since) + deadline <= now:
+            await deps.store.take_back(
+                record,
+                FailureReason.NO_ACCOUNT,
+                f"no account could take it for {int(deadline)} s (every account expired, spent or disabled)",
+                expect={Phase.WAITING},
+            )
 
 
 async def sweep(deps: Deps) -> None:
@@ -123,6 +157,8 @@ async def run_upkeep(deps: Deps, stopping: asyncio.Event) -> None:
     async def step() -> float:
         nonlocal last_sweep
         await upkeep_once(deps, holder)
+        if await deps.redis.set(keys.DEADLINES_LOCK, holder, nx=True, px=DEADLINES_EVERY_MS):
+            await enforce_deadlines(deps, time.time())
         if time.monotonic() - last_sweep >= settings.sweep_interval_seconds:
             last_sweep = time.monotonic()
             lock_ms = int(settings.sweep_interval_seconds * 1000)

@@ -101,9 +101,12 @@ async def create(deps: Deps, record: GenerationRecord, account_name: str) -> str
         submit_attempts=record.submit_attempts + 1,
     )
     if not moved.ok or moved.record is None:
-        # Cancelled (or otherwise moved on) between the claim and now: nothing was sent.
         deps.unused_leases.pop(record.id, None)
-        await deps.scheduler.release(record.id, account_name, restore_capacity=True)
+        if moved.record is None or moved.record.terminal:
+            # Cancelled (or gone) between the claim and now: nothing was sent; give back its claim.
+            await deps.scheduler.release(record.id, account_name, restore_capacity=True)
+        # Otherwise another run of this job got there first (arq delivers at least once, and a
+        # worker taken for dead may still be running): the slot is that run's now.
         return f"not submitted: {moved.outcome.value}"
     record = moved.record
     # From here the create may exist upstream even if we die: the slot stays taken until the
@@ -258,9 +261,14 @@ async def _indeterminate(deps: Deps, record: GenerationRecord, detail: str) -> s
     return "indeterminate"
 
 
+# After its timeout, how long a create the upstream accepted may still take to show in its list.
+SETTLE_MARGIN_SECONDS = 3.0
+
+
 def _settle_seconds(deps: Deps) -> float:
-    """How long after an intent any create it made must be visible upstream."""
-    return deps.settings.upstream_timeout_seconds + 5.0
+    """How long after an intent any create it made must be visible upstream: a create is given up
+    after UPSTREAM_CREATE_TIMEOUT_SECONDS, so one still on its way has landed by then."""
+    return deps.settings.upstream_create_timeout_seconds + SETTLE_MARGIN_SECONDS
 
 
 def _reconcile_delay(deps: Deps, record: GenerationRecord) -> float:

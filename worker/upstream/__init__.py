@@ -50,6 +50,7 @@ def provider_for(
     session: aiohttp.ClientSession,
     *,
     timeout: float,
+    create_timeout: float,
     retry: RetryPolicy,
     on_cookie: Callable[[str], Awaitable[None]],
 ) -> Provider:
@@ -61,6 +62,7 @@ def provider_for(
             cookie=account.cookie,
             account=account.name,
             timeout=timeout,
+            create_timeout=create_timeout,
             retry=retry,
             on_cookie=on_cookie,
         )

@@ -151,6 +151,7 @@ class LumaClient:
         cookie: str,
         account: str,
         timeout: float = 30.0,
+        create_timeout: float | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         on_cookie: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
@@ -166,6 +167,8 @@ class LumaClient:
         self.cookie = normalize_cookie(cookie)
         self.account = account
         self.timeout = timeout
+        # A create's answer is awaited for less long: see UPSTREAM_CREATE_TIMEOUT_SECONDS.
+        self.create_timeout = create_timeout if create_timeout is not None else timeout
         self.retry = retry
         self.on_cookie = on_cookie
         self._saved_cookie = self.cookie
@@ -186,7 +189,9 @@ class LumaClient:
         path = f"{_GENERATIONS}/"
         data = await self._retried(
             "create",
-            lambda: self._request("POST", path, _is_generation_array, json_body=dict(body)),
+            lambda: self._request(
+                "POST", path, _is_generation_array, json_body=dict(body), answer_within=self.create_timeout
+            ),
             retry_on=NOT_SENT,
         )
         generation: Json = data[0]
@@ -253,8 +258,9 @@ class LumaClient:
             "Accept": "application/json",
         }
 
-    def _client_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, CONNECT_TIMEOUT))
+    def _client_timeout(self, total: float | None = None) -> aiohttp.ClientTimeout:
+        total = self.timeout if total is None else total
+        return aiohttp.ClientTimeout(total=total, sock_connect=min(total, CONNECT_TIMEOUT))
 
     async def _request(
         self,
@@ -265,6 +271,7 @@ class LumaClient:
         params: Mapping[str, str] | None = None,
         json_body: Json | None = None,
         not_found: type[UpstreamRejected] = UpstreamRejected,
+        answer_within: float | None = None,
     ) -> T:
         """Send one request; return the JSON of a 2xx answer if it has `shape`, else raise a LumaError."""
         rotated = False
@@ -275,7 +282,7 @@ class LumaClient:
                 params=params,
                 json=json_body,
                 headers=self._headers(),  # built inline: no local variable holds the cookie
-                timeout=self._client_timeout(),
+                timeout=self._client_timeout(answer_within),
                 allow_redirects=False,  # a redirect would carry the cookie wherever it points
             ) as response:
                 # Errors rotate cookies too, so merge before anything can fail.
