@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,24 +258,31 @@ async def background_rate(redis: Redis) -> float:
 
 async def attribute_commands(
     args: argparse.Namespace, tool: str, stack: Stack, api: Target, detail_id: str, directory: Path
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Per endpoint, Redis commands per request by sender (api, worker), from a MONITOR'd run."""
     processes = {"api": process_tree(api.pid)}
     for worker in stack.workers:
         if worker.process is not None:
             processes["worker"] = processes.get("worker", []) + process_tree(worker.process.pid)
-    found: dict[str, dict[str, float]] = {}
+    found: dict[str, dict[str, Any]] = {}
     for endpoint in args.endpoints:
         counts, run = await attribute(
             stack.redis_url,
             processes,
             measure(args, tool, stack, api, endpoint, detail_id, directory, ATTRIBUTION_SECONDS),
         )
+        requests = max(1, run.load.requests)
+        senders: Counter[str] = Counter()
+        commands: dict[str, Counter[str]] = {}
+        for (sender, name), calls in counts.items():
+            senders[sender] += calls
+            commands.setdefault(sender, Counter())[name] += calls
         found[endpoint] = {
             "requests": run.load.requests,
-            **{
-                sender: round(calls / max(1, run.load.requests), 2)
-                for sender, calls in sorted(counts.items())
+            "per_request": {sender: round(calls / requests, 2) for sender, calls in sorted(senders.items())},
+            "commands_per_request": {
+                sender: {name: round(calls / requests, 2) for name, calls in by_name.most_common()}
+                for sender, by_name in sorted(commands.items())
             },
         }
     return found
@@ -483,11 +491,16 @@ def main() -> None:
     )
     print(
         "Redis commands per request by sender, from a MONITOR'd run of each (not in the table above):"
-        " `api`/`worker` = commands sent over the network, `... inside scripts` = their scripts' own calls"
+        " `api`/`worker` = commands sent over the network, `... inside scripts` = their scripts' own calls;"
+        " requests still in flight when the load stopped add up to connections/requests to each"
     )
-    for endpoint, senders in result["redis_commands_by_sender"].items():
-        shown = ", ".join(f"{sender} {value}" for sender, value in senders.items() if sender != "requests")
-        print(f"  {endpoint:<6} {shown}  ({senders['requests']} requests)")
+    for endpoint, found in result["redis_commands_by_sender"].items():
+        print(f"  {endpoint} ({found['requests']} requests):")
+        for sender, per_request in found["per_request"].items():
+            if per_request >= 0.01:
+                names = found["commands_per_request"][sender].items()
+                detail = ", ".join(f"{name} {value:g}" for name, value in names if value >= 0.01)
+                print(f"    {sender:<24} {per_request:6.2f}" + (f"  ({detail})" if detail else ""))
     errors = {name: row["product_errors"] for name, row in result["table"].items() if row["product_errors"]}
     if errors:
         print(f"WARNING: the api answered errors (non-2xx, timeouts) in: {errors}")

@@ -113,7 +113,8 @@ async def run_load(
         script = directory / f"wrk-{method.lower()}-{digest}.lua"
         script.write_text(wrk_script(method, body))
         command = [
-            "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+            # wrk takes whole seconds only
+            "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
             "-s", str(script),
         ]  # fmt: skip
         for name, value in headers.items():
@@ -140,7 +141,8 @@ async def run_load(
     for line in out.decode(errors="replace").splitlines():
         if line.startswith(RESULT_PREFIX):
             return LoadResult(tool=tool, **json.loads(line[len(RESULT_PREFIX) :]))
-    raise RuntimeError(f"{tool} printed no result (exit {process.returncode}): {err.decode()[-2000:]}")
+    said = (out + err).decode(errors="replace")[-2000:]
+    raise RuntimeError(f"{tool} printed no result (exit {process.returncode}): {said}")
 
 
 async def _fallback(

@@ -95,13 +95,14 @@ def tcp_ports(pids: list[int]) -> set[int]:
 
 async def attribute(
     redis_url: str, processes: dict[str, list[int]], during: Awaitable[T]
-) -> tuple[Counter[str], T]:
-    """Commands Redis received while `during` ran, by the name of the process that sent them.
+) -> tuple[Counter[tuple[str, str]], T]:
+    """Commands Redis received while `during` ran, by (sender, command name).
 
-    A script's own calls follow its EVAL/EVALSHA in MONITOR's output and count as INSIDE_SCRIPTS
-    of the sender (`"api inside scripts"`). MONITOR slows Redis: use it outside measured runs.
+    The sender is the name in `processes` of the process that sent it; a script's own calls
+    follow its EVAL/EVALSHA in MONITOR's output and are the sender's `"<name> inside scripts"`.
+    MONITOR slows Redis: use it outside measured runs.
     """
-    counts: Counter[str] = Counter()
+    counts: Counter[tuple[str, str]] = Counter()
     by_port: dict[str, str] = {}
     monitor_client = Redis.from_url(redis_url, decode_responses=True)
     marker_client = Redis.from_url(redis_url, decode_responses=True)
@@ -120,14 +121,15 @@ async def attribute(
             async for command in monitor.listen():
                 if command["command"] == f"ECHO {END_MARKER}":
                     return  # everything sent before the end of `during` has been seen
+                name = command["command"].split(" ", 1)[0].upper()
                 if command["client_type"] == "lua":
-                    counts[f"{last_sender} {INSIDE_SCRIPTS}"] += 1
+                    counts[f"{last_sender} {INSIDE_SCRIPTS}", name] += 1
                     continue
                 port = command["client_port"]
                 if port not in by_port:
                     refresh_ports()
                 last_sender = by_port.get(port, UNKNOWN)
-                counts[last_sender] += 1
+                counts[last_sender, name] += 1
 
     refresh_ports()
     watcher = asyncio.ensure_future(watch())
