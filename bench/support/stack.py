@@ -129,7 +129,7 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def event_loop_of(pid: int) -> str:
-    """`uvloop` if uvloop's extension is mapped into `pid` or a descendant, else `asyncio`.
+    """`uvloop` if uvloop's extension is loaded in `pid` or a descendant, else `asyncio`.
 
     Read from /proc/PID/maps, so it holds whatever the process decided at start-up.
     """
