@@ -7,7 +7,10 @@
 
 The stack is a `redis-server` from PATH on a free port (AOF everysec, nothing else saved), the
 simulator and the api in this process's event loop, and `python -m cli.main worker` subprocesses.
-Everything it started is killed when the block ends, also on Ctrl-C, SIGTERM or an error.
+With `api_processes=N` the api is instead a `python -m cli.main api` subprocess (N serving
+processes where `luma-queue api --processes` exists), so its CPU can be read from /proc apart from
+the simulator's. Everything it started is killed when the block ends, also on Ctrl-C, SIGTERM or
+an error.
 """
 
 from __future__ import annotations
@@ -90,13 +93,54 @@ def free_port() -> int:
         return port
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (which may hold spaces); fields[0] is the state."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a live process, from /proc; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every live descendant: an api serving from N forked processes is all of them."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of `pid` and its live descendants (a child that already exited is not counted)."""
+    return sum(cpu_seconds(member) for member in process_tree(pid))
+
+
+def event_loop_of(pid: int) -> str:
+    """`uvloop` if uvloop's extension is loaded in `pid` or a descendant, else `asyncio`.
+
+    Read from /proc/PID/maps, so it holds whatever the process decided at start-up.
+    """
+    for member in process_tree(pid):
+        try:
+            maps = Path(f"/proc/{member}/maps").read_text()
+        except OSError:
+            continue
+        if "/uvloop/" in maps:
+            return "uvloop"
+    return "asyncio"
 
 
 def spawn(
@@ -147,6 +191,8 @@ class Stack:
     api_url: str
     workers: list[Worker] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    api_process: subprocess.Popen[bytes] | None = None  # None: the api runs in this process
+    redis_url: str = ""
 
     async def wait_ready(self, within: float = 60.0) -> None:
         """Every account's usage read (claims need it) and every worker's dispatcher idle in BLPOP."""
@@ -168,16 +214,74 @@ class Stack:
         usage = {f"worker-{w.index}": round(w.cpu_total(), 1) for w in self.workers}
         usage["redis"] = round(cpu_seconds(self.redis_process.pid), 1)
         own = os.times()
-        usage["bench (api+simulator)"] = round(own.user + own.system, 1)
+        if self.api_process is None:
+            usage["bench (api+simulator)"] = round(own.user + own.system, 1)
+        else:
+            usage["api"] = round(tree_cpu_seconds(self.api_process.pid), 1)
+            usage["bench (simulator)"] = round(own.user + own.system, 1)
         return usage
 
 
-def worker_env(redis_url: str, luma_accounts: str, settings: dict[str, object]) -> dict[str, str]:
-    """This shell's environment minus any setting, so workers run on defaults plus `settings`."""
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the api's graceful stop) to the process and the ones it forked, then SIGKILL."""
+    # spawn() gave it its own session, so its process group is its pid and holds only its own.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def settings_env(redis_url: str, settings: dict[str, object]) -> dict[str, str]:
+    """This shell's environment minus any setting, so a child runs on defaults plus `settings`."""
     env = {name: value for name, value in os.environ.items() if name.lower() not in Settings.model_fields}
-    env.update(REDIS_URL=redis_url, LUMA_ACCOUNTS=luma_accounts, LOG_JSON="true")
+    env.update(REDIS_URL=redis_url, LOG_JSON="true")
     env.update({name: str(value) for name, value in settings.items()})
     return env
+
+
+def worker_env(redis_url: str, luma_accounts: str, settings: dict[str, object]) -> dict[str, str]:
+    return settings_env(redis_url, {"LUMA_ACCOUNTS": luma_accounts, **settings})
+
+
+def api_has_processes_flag() -> bool:
+    """Whether this checkout's `luma-queue api` takes `--processes N`."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "cli.main", "api", "--help"], capture_output=True, text=True, check=False
+    )
+    return "--processes" in shown.stdout
+
+
+async def _start_api_process(
+    directory: Path, redis_url: str, secret_keys: list[str], processes: int, settings: dict[str, object]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m cli.main api` on a free port, answering /healthz; (process, base URL)."""
+    command = [sys.executable, "-m", "cli.main", "api"]
+    if api_has_processes_flag():
+        command += ["--processes", str(processes)]
+    elif processes != 1:
+        raise SystemExit(f"luma-queue api has no --processes flag yet, so it cannot serve from {processes}")
+    port = free_port()
+    env = settings_env(
+        redis_url,
+        {"API_HOST": "127.0.0.1", "API_PORT": port, "SECRET_KEY": ",".join(secret_keys), **settings},
+    )
+    # cwd: the temp dir, so that no .env of the checkout leaks into the api's settings.
+    process = spawn(command, directory / "api.log", directory, env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while True:
+            with suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with http.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return process, url
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the api did not answer /healthz; see {directory / 'api.log'}")
+            await asyncio.sleep(0.1)
 
 
 @asynccontextmanager
@@ -189,8 +293,14 @@ async def open_stack(
     *,
     workers: int,
     secret_keys: list[str],
+    api_processes: int | None = None,
+    api_settings: dict[str, object] | None = None,
 ) -> AsyncIterator[Stack]:
-    """The stack in `directory` (which must exist): logs, the AOF and worker output stay there."""
+    """The stack in `directory` (which must exist): logs, the AOF and worker output stay there.
+
+    `api_processes`: None serves the api in this process (log level WARNING); a number starts it
+    as a subprocess on its production defaults plus `api_settings` (environment variable names).
+    """
     main = asyncio.current_task()
     if main is not None:  # SIGTERM stops the run the way Ctrl-C does: cancel, then clean up
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
@@ -211,6 +321,7 @@ async def open_stack(
     redis = Redis.from_url(redis_url, decode_responses=True)
     simulator = RunningSimulator(config)
     runner: web.AppRunner | None = None
+    api_process: subprocess.Popen[bytes] | None = None
     stack: Stack | None = None
     try:
         deadline = time.monotonic() + 10
@@ -223,16 +334,21 @@ async def open_stack(
                     raise RuntimeError("redis-server did not start; see redis.log") from None
                 await asyncio.sleep(0.05)
         await simulator.start()
-        api_settings = Settings(
-            _env_file=None,
-            redis_url=redis_url,
-            secret_key=secret_keys,
-            log_level="WARNING",
-        )
-        runner = web.AppRunner(create_app(api_settings), access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        api_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        if api_processes is None:
+            settings = Settings(
+                _env_file=None,
+                redis_url=redis_url,
+                secret_key=secret_keys,
+                log_level="WARNING",
+            )
+            runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            api_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        else:
+            api_process, api_url = await _start_api_process(
+                directory, redis_url, secret_keys, api_processes, api_settings or {}
+            )
         pool = json.dumps(
             [
                 {"name": name, "cookie": f"access_token={simulator.state.account(name).token}",
@@ -241,7 +357,9 @@ async def open_stack(
             ]
         )  # fmt: skip
         env = worker_env(redis_url, pool, worker_settings)
-        stack = Stack(directory, redis, redis_process, simulator, api_url)
+        stack = Stack(
+            directory, redis, redis_process, simulator, api_url, api_process=api_process, redis_url=redis_url
+        )
         stack.workers = [Worker(env, directory, index) for index in range(workers)]
         for worker in stack.workers:
             worker.start()
@@ -251,6 +369,8 @@ async def open_stack(
             worker.kill()
         if runner is not None:
             await runner.cleanup()
+        if api_process is not None:
+            _stop_group(api_process)
         await simulator.stop()
         with suppress(Exception):
             await redis.aclose()
