@@ -32,6 +32,7 @@ from shared.models import (
 )
 from shared.settings import AccountConfig
 from shared.states import NOT_SUBMITTED, FailureReason
+from shared.store import views
 
 
 async def health(request: web.Request) -> web.Response:
@@ -235,7 +236,9 @@ async def _holder_views(request: web.Request, owners: list[str]) -> list[dict[st
 
 
 async def _views(request: web.Request, records: list[GenerationRecord]) -> list[dict[str, object]]:
-    return await pool.caller_views(request.app[REGISTRY], request.app[STORE], records)
+    """Seed-shaped views; waiting ones get a place and a wait (one more round trip, only for them)."""
+    store = request.app[STORE]
+    return views(records, await store.places(records))
 
 
 async def _account_view(request: web.Request, name: str) -> dict[str, object]:

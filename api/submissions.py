@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from api import pool
-from api.appkeys import REDIS, REGISTRY, SETTINGS, STORE
+from api.appkeys import SETTINGS, STORE
 from api.auth import Caller
 from api.errors import (
     CallbackNotAllowed,
@@ -28,8 +27,7 @@ from api.errors import (
     QueueFullError,
     RateLimitedError,
 )
-from shared import keys, netguard
-from shared.accounts import Account
+from shared import netguard
 from shared.models import CreateRequest, GenerationRecord, new_id
 from shared.settings import Settings
 from shared.store import (
@@ -40,6 +38,7 @@ from shared.store import (
     NoAccount,
     QueueFull,
     RateLimited,
+    views,
 )
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -89,7 +88,8 @@ def request_hash(kind: str, body: object) -> str:
 async def submit(
     request: web.Request, caller: Caller, creates: list[CreateRequest], *, kind: str, body: object
 ) -> Submitted:
-    """Check, store and queue `creates` for the caller, in order; all or none."""
+    """Check, store and queue `creates` for the caller, in order; all or none. The store's one
+    round trip also says where each stands (place and wait) for the answer."""
     app = request.app
     settings = app[SETTINGS]
     idempotency = idempotency_key(request)
@@ -105,38 +105,31 @@ async def submit(
         record.created_ts = (now_us + index) / 1_000_000
         record.batch_id = batch_id
         records.append(record)
-    pins = await upload_accounts(request, records)
-    accounts = await app[REGISTRY].all()
-    max_depth = pool.max_queue_depth(accounts, settings)
-    limits = holder_limits(settings)
     try:
         enqueued = await app[STORE].enqueue_many(
-            list(zip(records, pins, strict=True)),
-            max_depth=max_depth,
-            limits=limits,
+            records,
+            max_depth=settings.max_queue_depth,
+            limits=holder_limits(settings),
             idempotency=(idempotency, request_hash(kind, body)) if idempotency else None,
             idempotency_ttl=int(settings.idempotency_ttl_seconds),
-            accepting_new=pool.can_take_work(accounts),
         )
-    except NoAccount:
-        retry_after = await pool.next_usage_refresh(app[REDIS], accounts)
+    except NoAccount as none:
+        wait = none.retry_after
         raise NoAccountAvailable(
             "no Luma account can take work now (every one is expired, spent or disabled); nothing was "
-            "stored" + (f", retry in {retry_after}s, when capacity is read again" if retry_after else ""),
-            headers={"Retry-After": str(retry_after)} if retry_after else {},
-        ) from None
-    except QueueFull:
-        retry_after = await pool.retry_after_seconds(app[REGISTRY], app[STORE])
-        raise QueueFullError(
-            f"the queue is full ({max_depth} waiting); nothing was stored, retry in {retry_after}s",
-            headers={"Retry-After": str(retry_after)},
+            "stored" + (f"; retry in {wait}s, when capacity is read again" if wait else ""),
+            headers={"Retry-After": str(wait)} if wait else {},
         ) from None
     except HolderQueueFull as full:
-        retry_after = await pool.retry_after_seconds(app[REGISTRY], app[STORE])
         raise HolderQueueFullError(
             f"you have {full.limit} generations waiting, your limit; nothing was stored, retry in "
-            f"{retry_after}s",
-            headers={"Retry-After": str(retry_after), **queue_headers(full.limit, 0)},
+            f"{full.retry_after}s",
+            headers={"Retry-After": str(full.retry_after), **queue_headers(full.limit, 0)},
+        ) from None
+    except QueueFull as full:
+        raise QueueFullError(
+            f"the queue is full ({full.limit} waiting); nothing was stored, retry in {full.retry_after}s",
+            headers={"Retry-After": str(full.retry_after)},
         ) from None
     except RateLimited as limited:
         wait = max(1, math.ceil(limited.retry_after_seconds))
@@ -149,21 +142,13 @@ async def submit(
         ) from None
     except IdempotencyKeyReused:
         raise IdempotencyKeyReusedError from None
-    return Submitted(
-        batch_id=enqueued.batch_id,
-        views=await views_of(request, enqueued, records, accounts),
-        headers=_success_headers(enqueued),
-    )
-
-
-async def views_of(
-    request: web.Request, enqueued: Enqueued, records: list[GenerationRecord], accounts: list[Account]
-) -> list[dict[str, object]]:
-    """The stored generations as the caller sees them: the ones just made, or a replay's originals."""
-    app = request.app
     if enqueued.replayed:
+        # The originals, as they stand now.
         records = await app[STORE].get_many(enqueued.ids)
-    return await pool.caller_views(app[REGISTRY], app[STORE], records, accounts)
+        shown = views(records, await app[STORE].places(records))
+    else:
+        shown = views(records, enqueued.places)
+    return Submitted(batch_id=enqueued.batch_id, views=shown, headers=_success_headers(enqueued))
 
 
 async def check_callback(settings: Settings, url: str) -> None:
@@ -172,21 +157,6 @@ async def check_callback(settings: Settings, url: str) -> None:
         await netguard.check_url(url, allow_private=settings.webhook_allow_private_networks)
     except netguard.AddressNotAllowed as exc:
         raise CallbackNotAllowed(f"callback_url is not allowed: {exc}", field="callback_url") from None
-
-
-async def upload_accounts(request: web.Request, records: list[GenerationRecord]) -> list[str | None]:
-    """Per generation, the account holding an image we uploaded: it must run there to see it."""
-    urls = sorted({url for record in records for url in (record.image, record.image_end) if url})
-    if not urls:
-        return [None] * len(records)
-    holders = dict(
-        zip(urls, await request.app[REDIS].mget([keys.upload_account(url) for url in urls]), strict=True)
-    )
-    pins: list[str | None] = []
-    for record in records:
-        held = [holders.get(url) for url in (record.image, record.image_end) if url]
-        pins.append(next((str(account) for account in held if account), None))
-    return pins
 
 
 def rate_headers(limit: int, remaining: int, reset_seconds: int) -> dict[str, str]:

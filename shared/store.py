@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -169,6 +168,88 @@ local function lq_transition(id, to, expect, fence, sets)
   return {'ok', from, raw}
 end
 
+-- Where waiting generations stand: their places in the pool's round-robin between owners, and
+-- how long until they take a slot, from the active accounts' slots and the measured run time.
+local LQ_DEFAULT_GENERATION_SECONDS = %(default_generation_seconds)s
+local LQ_ACCOUNTS = %(accounts_key)s
+local LQ_WAIT_OWNERS = %(wait_owners_key)s
+local LQ_WAIT_PIN = %(wait_pin_key)s
+local LQ_GEN_SECONDS = %(gen_seconds_key)s
+local function lq_account_key(name) return %(account_key)s end
+local function lq_leases_key(name) return %(leases_key)s end
+local function lq_wait_queue_key(owner) return %(wait_queue_key)s end
+
+-- Slots of the active accounts among `names`, and how many of them are free now.
+local function lq_slots(names, now_ms)
+  local total, free = 0, 0
+  for _, name in ipairs(names) do
+    local h = redis.call('HMGET', lq_account_key(name), 'state', 'max_concurrency')
+    if h[1] == 'active' then
+      local limit = tonumber(h[2] or '0') or 0
+      local used = redis.call('ZCOUNT', lq_leases_key(name), now_ms, '+inf')
+      total = total + limit
+      free = free + math.max(0, limit - used)
+    end
+  end
+  return total, free
+end
+
+local function lq_generation_seconds()
+  return tonumber(redis.call('GET', LQ_GEN_SECONDS) or '') or LQ_DEFAULT_GENERATION_SECONDS
+end
+
+-- Seconds until the generation at `position` takes a slot (-1: no account can run anything).
+local function lq_wait(position, total, free, seconds)
+  local ahead = position - 1
+  if ahead < free then return 0 end
+  if total <= 0 then return -1 end
+  return (math.floor((ahead - free) / total) + 1) * seconds
+end
+
+-- For each (id, owner): its 1-based place, as the round-robin will serve it (owner o's i-th
+-- waiting generation starts after its own i predecessors and, from every other owner, the ones
+-- served in the rounds before: a small caller behind a large batch sees a small number), and its
+-- wait. Place 0: not in the queue any more (a worker claimed it a moment ago). A generation
+-- pinned to the account holding its image waits for that account's slots.
+local function lq_places(ids, owners)
+  local order, lengths = {}, {}
+  for turn, owner in ipairs(redis.call('ZRANGE', LQ_WAIT_OWNERS, 0, -1)) do
+    order[owner] = turn
+    lengths[owner] = redis.call('ZCARD', lq_wait_queue_key(owner))
+  end
+  local now_ms = lq_now_ms()
+  local total, free = lq_slots(redis.call('SMEMBERS', LQ_ACCOUNTS), now_ms)
+  local seconds = lq_generation_seconds()
+  local pinned = {}
+  local out = {}
+  for i, id in ipairs(ids) do
+    local owner = owners[i]
+    local rank = order[owner] and redis.call('ZRANK', lq_wait_queue_key(owner), id)
+    if rank then
+      local ahead = rank
+      for other, length in pairs(lengths) do
+        if other ~= owner then
+          local rounds = rank
+          if order[other] < order[owner] then rounds = rank + 1 end
+          ahead = ahead + math.min(length, rounds)
+        end
+      end
+      local t, f = total, free
+      local pin = redis.call('HGET', LQ_WAIT_PIN, id)
+      if pin then
+        pinned[pin] = pinned[pin] or {lq_slots({pin}, now_ms)}
+        if pinned[pin][1] > 0 then t, f = pinned[pin][1], pinned[pin][2] end
+      end
+      table.insert(out, ahead + 1)
+      table.insert(out, tostring(lq_wait(ahead + 1, t, f, seconds)))
+    else
+      table.insert(out, 0)
+      table.insert(out, '0')
+    end
+  end
+  return out
+end
+
 local function lq_set(csv)
   if csv == '' then return nil end
   local set = {}
@@ -184,25 +265,28 @@ local fence = ARGV[4] ~= '' and ARGV[4] or nil
 return lq_transition(ARGV[1], ARGV[2], lq_set(ARGV[3]), fence, cjson.decode(ARGV[5]))
 """
 
-# Enqueue new generations of one owner: records, indexes, wait queue, fairness ring and a wake-up,
-# all or nothing. In order, before anything is written: an Idempotency-Key already used answers
-# what it made (or refuses a different body); then the pool's queue bound, the holder's own
-# bound, and the holder's rate of creates over the last minute (an operator's overrides in
-# holder:{owner}:limits win over the defaults). Any refusal writes nothing.
+# Enqueue new generations of one owner, and say where they stand: the whole create in one step.
+# In order, before anything is written: an Idempotency-Key already used answers what it made (or
+# refuses a different body); then whether any account can take work (none active: refused, unless
+# no account is registered yet); the pool's queue bound (MAX_QUEUE_DEPTH, lowered to the sum of
+# the accounts' own max_queue when every enabled one sets it); the holder's own bound; and the
+# holder's creates over the last minute (an operator's overrides in holder:{owner}:limits win over
+# the defaults). Any refusal writes nothing. Then: records, indexes, wait queue (pinned to the
+# account holding an uploaded image, if any), fairness ring, a wake-up, and each one's place.
 # KEYS: wait:all, wait:seq, wait:{owner}, wait:pin, wait:turn, wait:owners, wake,
 #       holder limits, holder creates, idempotency key (unused when none), start deadlines
 # ARGV: max depth, owner, holder max queued, creates per minute (0: no limit), idempotency hash
-#       ('' for none), idempotency ttl s, batch id ('' for none), 1 while some account can take
-#       new work (0: only a replay can be answered), then per generation: record JSON, index
-#       score, pinned account ('' for none).
-# Returns {'created', depth, remaining creates or -1, creates per minute}
-#       | {'replay', batch id, ids...} | {'reused'} | {'no_account'} | {'queue_full', depth}
-#       | {'holder_full', limit} | {'rate_limited', limit, retry ms}
+#       ('' for none), idempotency ttl s, batch id ('' for none), then per generation: record
+#       JSON, index score, and the upload-account keys of its image and image_end ('' for none).
+# Returns {'created', depth, remaining creates or -1, creates per minute, then place and wait of
+#       each} | {'replay', batch id, ids...} | {'reused'} | {'no_account', retry s or -1}
+#       | {'queue_full', depth, retry s} | {'holder_full', limit, retry s}
+#       | {'rate_limited', limit, retry ms}
 _CREATE = """
 local max_depth, owner = tonumber(ARGV[1]), ARGV[2]
-local idem_hash, idem_ttl, batch_id, accepting = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local first = 9
-local count = (#ARGV - first + 1) / 3
+local idem_hash, idem_ttl, batch_id = ARGV[5], ARGV[6], ARGV[7]
+local first = 8
+local count = (#ARGV - first + 1) / 4
 if idem_hash ~= '' then
   local seen = redis.call('GET', KEYS[10])
   if seen then
@@ -213,13 +297,38 @@ if idem_hash ~= '' then
     return answer
   end
 end
-if accepting ~= '1' then return {'no_account'} end
+local now_ms = lq_now_ms()
+local names = redis.call('SMEMBERS', LQ_ACCOUNTS)
+local active, counted, bounded, all_bounded, spent_wait = false, 0, 0, true, nil
+for _, name in ipairs(names) do
+  local h = redis.call('HMGET', lq_account_key(name), 'state', 'max_queue')
+  if h[1] == 'active' then active = true end
+  if h[1] ~= 'disabled' then
+    counted = counted + 1
+    local bound = tonumber(h[2] or '')
+    if bound then bounded = bounded + bound else all_bounded = false end
+  end
+  if h[1] == 'spent' then
+    -- Its capacity is read again when its usage lock lapses (no lock: at the next upkeep tick).
+    local lapse = math.max(0, redis.call('PTTL', %(usage_lock_key)s))
+    spent_wait = math.min(spent_wait or lapse, lapse)
+  end
+end
+if #names > 0 and not active then
+  return {'no_account', spent_wait and math.max(1, math.ceil(spent_wait / 1000)) or -1}
+end
+if counted > 0 and all_bounded then max_depth = math.min(max_depth, bounded) end
+local function retry_after()
+  local total = lq_slots(names, now_ms)
+  return math.max(1, math.ceil(lq_generation_seconds() / math.max(1, total)))
+end
 local depth = redis.call('ZCARD', KEYS[1])
-if depth + count > max_depth then return {'queue_full', depth} end
+if depth + count > max_depth then return {'queue_full', max_depth, retry_after()} end
 local overrides = redis.call('HMGET', KEYS[8], 'max_queued', 'creates_per_minute')
 local holder_max = tonumber(overrides[1] or ARGV[3])
-if redis.call('ZCARD', KEYS[3]) + count > holder_max then return {'holder_full', holder_max} end
-local now_ms = lq_now_ms()
+if redis.call('ZCARD', KEYS[3]) + count > holder_max then
+  return {'holder_full', holder_max, retry_after()}
+end
 local per_minute = tonumber(overrides[2] or ARGV[4])
 local remaining = -1
 if per_minute > 0 then
@@ -237,15 +346,22 @@ if per_minute > 0 then
   end
   remaining = per_minute - recent - count
 end
-local ids = {}
+local ids, owners = {}, {}
 for i = 0, count - 1 do
-  local raw, score, pin = ARGV[first + 3 * i], ARGV[first + 1 + 3 * i], ARGV[first + 2 + 3 * i]
-  local rec = lq_insert(raw, score, now_ms)
+  local at = first + 4 * i
+  local rec = lq_insert(ARGV[at], ARGV[at + 1], now_ms)
   table.insert(ids, rec.id)
+  table.insert(owners, owner)
   local seq = redis.call('INCR', KEYS[2])
   redis.call('ZADD', KEYS[3], seq, rec.id)
   redis.call('ZADD', KEYS[1], seq, rec.id)
-  if pin ~= '' then redis.call('HSET', KEYS[4], rec.id, pin) end
+  for _, image_key in ipairs({ARGV[at + 2], ARGV[at + 3]}) do
+    local holder = image_key ~= '' and redis.call('GET', image_key)
+    if holder then
+      redis.call('HSET', KEYS[4], rec.id, holder)
+      break
+    end
+  end
   if per_minute > 0 then redis.call('ZADD', KEYS[9], now_ms, rec.id) end
   if lq_present(rec.start_deadline_ts) then
     redis.call('ZADD', KEYS[11], math.floor(rec.start_deadline_ts * 1000), rec.id)
@@ -260,7 +376,19 @@ local turn = redis.call('GET', KEYS[5]) or '0'
 redis.call('ZADD', KEYS[6], 'NX', turn, owner)
 redis.call('LPUSH', KEYS[7], '1')
 redis.call('LTRIM', KEYS[7], 0, 999)
-return {'created', depth + count, remaining, per_minute}
+local answer = {'created', depth + count, remaining, per_minute}
+for _, value in ipairs(lq_places(ids, owners)) do table.insert(answer, value) end
+return answer
+"""
+
+# Where waiting generations stand. ARGV: pairs of gen id and owner. Returns place and wait of each.
+_PLACES = """
+local ids, owners = {}, {}
+for i = 1, #ARGV, 2 do
+  table.insert(ids, ARGV[i])
+  table.insert(owners, ARGV[i + 1])
+end
+return lq_places(ids, owners)
 """
 
 # Take a generation back before it reaches the upstream (its owner's cancel, or a deadline):
@@ -285,15 +413,16 @@ return moved
 
 
 class QueueFull(Exception):
-    """The wait queue is at MAX_QUEUE_DEPTH; nothing was stored."""
+    """The wait queue is at its bound; nothing was stored. A slot frees in about `retry_after` s."""
 
-
-class HolderQueueFull(Exception):
-    """The key holder has as many generations waiting as it may; nothing was stored."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(limit, retry_after)
         self.limit = limit
+        self.retry_after = retry_after
+
+
+class HolderQueueFull(QueueFull):
+    """The key holder has as many generations waiting as it may; nothing was stored."""
 
 
 class RateLimited(Exception):
@@ -306,11 +435,29 @@ class RateLimited(Exception):
 
 
 class NoAccount(Exception):
-    """No account can take new work (every one expired, spent or disabled); nothing was stored."""
+    """No account can take new work (every one expired, spent or disabled); nothing was stored.
+
+    `retry_after`: seconds until a spent account's capacity is read again, if any is spent."""
+
+    def __init__(self, retry_after: int | None) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
 
 
 class IdempotencyKeyReused(Exception):
     """The Idempotency-Key was used before with another request; nothing was stored."""
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a waiting generation stands: its place in the pool's queue and the wait for a slot.
+
+    `position` None: it left the queue a moment ago (a worker claimed it), so it waits no longer.
+    `wait` None: no account can run anything now, so there is no honest estimate.
+    """
+
+    position: int | None
+    wait: float | None
 
 
 @dataclass(frozen=True)
@@ -320,6 +467,7 @@ class Enqueued:
     ids: list[str]
     batch_id: str | None
     replayed: bool
+    places: dict[str, Place] = field(default_factory=dict)  # where the new ones stand
     depth: int | None = None  # the pool's queue depth after it, when this call stored it
     creates_left: int | None = None  # in the holder's current minute, when it has a rate limit
     creates_limit: int | None = None  # the holder's creates per minute, when it has one
@@ -352,15 +500,6 @@ class Transition:
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
-
-
-@dataclass(frozen=True)
-class PoolSnapshot:
-    """What an estimate needs from the pool: slots in all, slots free, how long a run takes."""
-
-    total_slots: int
-    free_slots: int
-    generation_seconds: float
 
 
 # Fields a transition may not set: identity, and what the move itself decides.
@@ -413,39 +552,46 @@ class GenerationStore:
             "batch_state_key": _lua_key(keys.batch_state_index, "owner", "batch", "state"),
             "owner_events_key": _lua_key(keys.owner_events, "owner"),
             "events_key": json.dumps(keys.EVENTS),
+            "default_generation_seconds": repr(float(default_generation_seconds)),
+            "accounts_key": json.dumps(keys.ACCOUNTS),
+            "wait_owners_key": json.dumps(keys.WAIT_OWNERS),
+            "wait_pin_key": json.dumps(keys.WAIT_PIN),
+            "gen_seconds_key": json.dumps(keys.GEN_SECONDS),
+            "account_key": _lua_key(keys.account, "name"),
+            "leases_key": _lua_key(keys.leases, "name"),
+            "wait_queue_key": _lua_key(keys.wait_queue, "owner"),
         }
-        self._create = redis.register_script(self.lua_library + _CREATE)
+        create = _CREATE % {"usage_lock_key": _lua_key(keys.usage_lock, "name")}
+        self._create = redis.register_script(self.lua_library + create)
+        self._places = redis.register_script(self.lua_library + _PLACES)
         self._transition = redis.register_script(self.lua_library + _TRANSITION)
         self._take_back = redis.register_script(self.lua_library + _TAKE_BACK)
 
     # --- writes ---------------------------------------------------------------------------------
 
-    async def enqueue_new(self, record: GenerationRecord, *, max_depth: int, pin: str | None) -> int:
+    async def enqueue_new(self, record: GenerationRecord, *, max_depth: int) -> int:
         """Store a new generation and put it at the back of its owner's queue; returns the depth."""
-        enqueued = await self.enqueue_many(
-            [(record, pin)], max_depth=max_depth, limits=HolderLimits(max_depth, 0)
-        )
+        enqueued = await self.enqueue_many([record], max_depth=max_depth, limits=HolderLimits(max_depth, 0))
         return enqueued.depth or 0
 
     async def enqueue_many(
         self,
-        items: list[tuple[GenerationRecord, str | None]],
+        records: list[GenerationRecord],
         *,
         max_depth: int,
         limits: HolderLimits,
         idempotency: tuple[str, str] | None = None,
         idempotency_ttl: int = 86400,
-        accepting_new: bool = True,
     ) -> Enqueued:
         """Store generations of one owner, in order, at the back of its queue: all or none.
 
         `idempotency`: (the caller's Idempotency-Key, a hash of its request). A key seen before
         with the same hash answers what it stored then; with another hash, IdempotencyKeyReused.
-        `accepting_new` False: no account can take work, so only a replay is answered (else
-        NoAccount). Raises QueueFull, HolderQueueFull or RateLimited, having stored nothing.
+        Raises NoAccount, QueueFull, HolderQueueFull or RateLimited, having stored nothing. One
+        round trip, whatever it answers.
         """
-        owner = items[0][0].owner
-        batch_id = items[0][0].batch_id
+        owner = records[0].owner
+        batch_id = records[0].batch_id
         args: list[str | int] = [
             max_depth,
             owner,
@@ -454,12 +600,12 @@ class GenerationStore:
             idempotency[1] if idempotency else "",
             idempotency_ttl,
             batch_id or "",
-            "1" if accepting_new else "0",
         ]
-        for record, pin in items:
+        for record in records:
             if record.owner != owner or record.phase is not Phase.WAITING or record.batch_id != batch_id:
                 raise ValueError("enqueue_many takes new generations of one owner and one batch")
-            args += [record.model_dump_json(), _index_score(record.created_ts), pin or ""]
+            images = [keys.upload_account(url) if url else "" for url in (record.image, record.image_end)]
+            args += [record.model_dump_json(), _index_score(record.created_ts), *images]
         answer = await self._create(
             keys=[
                 keys.WAIT_ALL,
@@ -479,10 +625,12 @@ class GenerationStore:
         outcome = str(answer[0])
         if outcome == "created":
             left = int(answer[2])
+            ids = [record.id for record in records]
             return Enqueued(
-                ids=[record.id for record, _ in items],
+                ids=ids,
                 batch_id=batch_id,
                 replayed=False,
+                places=_places(ids, answer[4:]),
                 depth=int(answer[1]),
                 creates_left=None if left < 0 else left,
                 creates_limit=None if left < 0 else int(answer[3]),
@@ -492,12 +640,21 @@ class GenerationStore:
         if outcome == "reused":
             raise IdempotencyKeyReused
         if outcome == "no_account":
-            raise NoAccount
+            retry = int(answer[1])
+            raise NoAccount(None if retry < 0 else retry)
         if outcome == "holder_full":
-            raise HolderQueueFull(int(answer[1]))
+            raise HolderQueueFull(int(answer[1]), int(answer[2]))
         if outcome == "rate_limited":
             raise RateLimited(int(answer[1]), int(answer[2]) / 1000)
-        raise QueueFull
+        raise QueueFull(int(answer[1]), int(answer[2]))
+
+    async def places(self, records: list[GenerationRecord]) -> dict[str, Place]:
+        """Where the waiting ones among `records` stand (one round trip, none if none waits)."""
+        waiting = [record for record in records if record.phase is Phase.WAITING]
+        if not waiting:
+            return {}
+        args = [value for record in waiting for value in (record.id, record.owner)]
+        return _places([record.id for record in waiting], await self._places(args=args))
 
     async def holder_overrides(self, owners: list[str]) -> list[dict[str, int]]:
         """Each holder's limits as an operator set them (absent: the defaults apply)."""
@@ -660,39 +817,6 @@ class GenerationStore:
         ]
         return sorted(found, key=lambda record: record.created_ts, reverse=True)
 
-    async def waiting_positions(self, records: list[GenerationRecord]) -> dict[str, int]:
-        """1-based places in the pool's queue, as the round-robin between owners will serve them.
-
-        Owner o's i-th waiting generation starts after its own i predecessors and, from every
-        other owner, the ones served in the rounds before (and, for owners ahead in turn, the
-        same round) — so a small caller behind a large batch sees a small number.
-        """
-        waiting = [record for record in records if record.phase == Phase.WAITING]
-        if not waiting:
-            return {}
-        owners = await self.redis.zrange(keys.WAIT_OWNERS, 0, -1)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for owner in owners:
-                pipe.zcard(keys.wait_queue(owner))
-            for record in waiting:
-                pipe.zrank(keys.wait_queue(record.owner), record.id)
-            answers = await pipe.execute()
-        lengths = dict(zip(owners, (int(n) for n in answers[: len(owners)]), strict=True))
-        order = {owner: turn for turn, owner in enumerate(owners)}
-        positions: dict[str, int] = {}
-        for record, rank in zip(waiting, answers[len(owners) :], strict=True):
-            if rank is None or record.owner not in order:
-                continue
-            index = int(rank)
-            ahead = index
-            for other, length in lengths.items():
-                if other == record.owner:
-                    continue
-                rounds = index + 1 if order[other] < order[record.owner] else index
-                ahead += min(length, rounds)
-            positions[record.id] = ahead + 1
-        return positions
-
     async def generation_seconds(self) -> float:
         measured = await self.redis.get(keys.GEN_SECONDS)
         return float(measured) if measured else self.default_generation_seconds
@@ -703,17 +827,6 @@ class GenerationStore:
         value = seconds if previous is None else (1 - weight) * float(previous) + weight * seconds
         await self.redis.set(keys.GEN_SECONDS, f"{value:.3f}")
 
-    @staticmethod
-    def estimate_wait(position: int, pool: PoolSnapshot) -> float:
-        """Seconds until the generation at `position` takes a slot, from the pool's throughput."""
-        ahead = position - 1
-        if ahead < pool.free_slots:
-            return 0.0
-        if pool.total_slots <= 0:
-            return math.inf
-        rounds = (ahead - pool.free_slots) // pool.total_slots + 1
-        return round(rounds * pool.generation_seconds, 1)
-
 
 def _index_score(created_ts: float) -> str:
     """Milliseconds with a microsecond fraction, written from whole microseconds: two creates in
@@ -721,6 +834,18 @@ def _index_score(created_ts: float) -> str:
     not in the random order of their ids, and float rounding must not make two of them equal."""
     micros = round(created_ts * 1_000_000)
     return f"{micros // 1000}.{micros % 1000:03d}"
+
+
+def _places(ids: list[str], answer: list[Any]) -> dict[str, Place]:
+    """The Lua's flat (place, wait) pairs as Places; waits to a tenth of a second."""
+    places = {}
+    for index, gen_id in enumerate(ids):
+        position, wait = int(answer[2 * index]), float(answer[2 * index + 1])
+        places[gen_id] = Place(
+            position=position or None,
+            wait=None if wait < 0 else round(wait, 1) if position else 0.0,
+        )
+    return places
 
 
 def _transition_result(gen_id: str, to: Phase, answer: list[Any]) -> Transition:
@@ -751,19 +876,16 @@ def _lua_string(text: str) -> str:
     return json.dumps(text)
 
 
-def views(
-    records: list[GenerationRecord], positions: dict[str, int], pool: PoolSnapshot | None
-) -> list[dict[str, Any]]:
-    """Caller-facing views with queue places and honest waits for the ones still queued."""
+def views(records: list[GenerationRecord], places: dict[str, Place]) -> list[dict[str, Any]]:
+    """Caller-facing views; waiting ones with their place in the queue and an honest wait."""
     shown = []
     for record in records:
-        position = positions.get(record.id)
-        wait: float | None = None
-        if position is not None and pool is not None:
-            estimate = GenerationStore.estimate_wait(position, pool)
-            wait = None if math.isinf(estimate) else estimate
-        elif record.phase == Phase.WAITING and position is None:
+        place = places.get(record.id)
+        if record.phase is Phase.WAITING and place is None:
             # Read as waiting, yet no longer in the queue: a worker claimed it a moment ago.
-            wait = 0.0
-        shown.append(record.view(queue_position=position, estimate_wait_seconds=wait))
+            place = Place(position=None, wait=0.0)
+        if place is None:
+            shown.append(record.view())
+        else:
+            shown.append(record.view(queue_position=place.position, estimate_wait_seconds=place.wait))
     return shown

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -9,8 +10,10 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.accounts import AccountRegistry
 from shared.models import CreateRequest, GenerationRecord, Phase
-from shared.store import GenerationStore, PoolSnapshot, QueueFull, views
+from shared.settings import AccountConfig
+from shared.store import GenerationStore, QueueFull, views
 
 
 @pytest_asyncio.fixture
@@ -24,7 +27,7 @@ async def enqueue(store: GenerationStore, owner: str, count: int) -> list[Genera
     made = []
     for n in range(count):
         record = GenerationRecord.new(owner, CreateRequest(prompt=f"{owner} {n}"))
-        await store.enqueue_new(record, max_depth=100, pin=None)
+        await store.enqueue_new(record, max_depth=100)
         made.append(record)
     return made
 
@@ -33,9 +36,9 @@ async def test_positions_follow_the_round_robin_between_key_holders(store: Gener
     """alice submits 3 then bob 2: bob's first is 2nd in line, not 4th."""
     alice = await enqueue(store, "alice", 3)
     bob = await enqueue(store, "bob", 2)
-    positions = await store.waiting_positions(alice + bob)
-    assert [positions[record.id] for record in alice] == [1, 3, 5]
-    assert [positions[record.id] for record in bob] == [2, 4]
+    places = await store.places(alice + bob)
+    assert [places[record.id].position for record in alice] == [1, 3, 5]
+    assert [places[record.id].position for record in bob] == [2, 4]
 
 
 async def test_a_full_queue_refuses_and_stores_nothing(store: GenerationStore) -> None:
@@ -44,19 +47,47 @@ async def test_a_full_queue_refuses_and_stores_nothing(store: GenerationStore) -
     before = sorted(await store.redis.keys("*"))
     record = GenerationRecord.new("alice", CreateRequest(prompt="one too many"))
     with pytest.raises(QueueFull):
-        await store.enqueue_new(record, max_depth=2, pin=None)
+        await store.enqueue_new(record, max_depth=2)
     assert sorted(await store.redis.keys("*")) == before
     assert await store.get(record.id) is None
 
 
-@pytest.mark.parametrize(
-    ("position", "expected"),
-    [(1, 0.0), (3, 0.0), (4, 60.0), (9, 60.0), (10, 120.0)],
-)
-def test_wait_estimate_counts_rounds_of_the_pool(position: int, expected: float) -> None:
+async def pool_of(store: GenerationStore, slots: dict[str, tuple[int, int]], seconds: float) -> None:
+    """Active accounts name -> (max_concurrency, slots in use), and the measured run time."""
+    registry = AccountRegistry(store.redis)
+    for name, (limit, used) in slots.items():
+        await registry.add(AccountConfig(name=name, cookie="t", base_url="http://x", max_concurrency=limit))
+        far = int(time.time() * 1000) + 3_600_000
+        for n in range(used):
+            await store.redis.zadd(keys.leases(name), {f"{name}-busy-{n}": far})
+    await store.redis.set(keys.GEN_SECONDS, seconds)
+
+
+async def test_wait_estimate_counts_rounds_of_the_pool(store: GenerationStore) -> None:
     """3 free of 6 slots, 60 s a run: places 1-3 start now, 4-9 after one run, 10 after two."""
-    pool = PoolSnapshot(total_slots=6, free_slots=3, generation_seconds=60)
-    assert GenerationStore.estimate_wait(position, pool) == expected
+    await pool_of(store, {"a": (3, 3), "b": (3, 0)}, seconds=60)
+    records = await enqueue(store, "alice", 10)
+    places = await store.places(records)
+    waits = {places[record.id].position: places[record.id].wait for record in records}
+    assert [waits[position] for position in (1, 3, 4, 9, 10)] == [0.0, 0.0, 60.0, 60.0, 120.0]
+
+
+async def test_no_active_account_means_no_estimate(store: GenerationStore) -> None:
+    """With nothing that can run, the place is kept and the wait is unknown, not a made-up number."""
+    [record] = await enqueue(store, "alice", 1)
+    place = (await store.places([record]))[record.id]
+    assert place.position == 1 and place.wait is None
+
+
+async def test_a_generation_pinned_to_a_busy_account_waits_for_that_account(store: GenerationStore) -> None:
+    """First in line, but the account holding its image has no slot free: one run, not zero."""
+    await pool_of(store, {"holder": (1, 1), "other": (5, 0)}, seconds=30)
+    image = "https://cdn.example/cat.png"
+    await store.redis.set(keys.upload_account(image), "holder")
+    record = GenerationRecord.new("alice", CreateRequest(prompt="pinned", image=image))
+    await store.enqueue_new(record, max_depth=100)
+    place = (await store.places([record]))[record.id]
+    assert place.position == 1 and place.wait == 30.0
 
 
 def test_view_keeps_upstream_fields_but_our_id_and_hides_a_video_until_completed() -> None:
@@ -82,8 +113,6 @@ async def test_a_generation_claimed_between_write_and_read_shows_no_wait(store: 
     """The create answer is built after a worker may already have taken it: wait 0, no place."""
     [record] = await enqueue(store, "alice", 1)
     await store.redis.zrem(keys.wait_queue(record.owner), record.id)  # what a claim does
-    positions = await store.waiting_positions([record])
-    pool = PoolSnapshot(total_slots=3, free_slots=2, generation_seconds=60)
-    [shown] = views([record], positions, pool)
+    [shown] = views([record], await store.places([record]))
     assert shown["queue_position"] is None
     assert shown["estimate_wait_seconds"] == 0.0

@@ -74,7 +74,7 @@ class TransitionMachine(RuleBasedStateMachine):
         record = GenerationRecord.new(owner, CreateRequest(prompt=f"{owner}'s prompt"))
         if in_batch:
             record.batch_id = BATCH
-        self.run(self.stores[0].enqueue_new(record, max_depth=10_000, pin=None))
+        self.run(self.stores[0].enqueue_new(record, max_depth=10_000))
         self.phase[record.id] = Phase.WAITING
         self.owner[record.id] = owner
         self.batch[record.id] = record.batch_id

@@ -37,11 +37,15 @@ def store_on(db: Redis) -> GenerationStore:
 
 
 async def enqueue(db: Redis, owner: str, count: int, pin: str | None = None) -> list[str]:
+    """`count` generations of `owner`; `pin`: each uses an image we uploaded to that account."""
     store = store_on(db)
     ids = []
     for n in range(count):
-        record = GenerationRecord.new(owner, CreateRequest(prompt=f"{owner} {n}"))
-        await store.enqueue_new(record, max_depth=10_000, pin=pin)
+        image = f"https://cdn.example/{owner}-{n}.png" if pin else None
+        if image and pin:
+            await db.set(keys.upload_account(image), pin)
+        record = GenerationRecord.new(owner, CreateRequest(prompt=f"{owner} {n}", image=image))
+        await store.enqueue_new(record, max_depth=10_000)
         ids.append(record.id)
     return ids
 
