@@ -10,9 +10,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from api import handlers
-from api.appkeys import ARQ, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
+from api.appkeys import ARQ, EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
 from api.auth import KEYRING, KeyRing
 from api.errors import error_middleware
+from api.events import EventHub
 from api.middleware import add_response_headers, preflight, request_context
 from shared.accounts import AccountRegistry
 from shared.events import EventLog
@@ -49,6 +50,15 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
+async def _event_hub(app: web.Application) -> AsyncIterator[None]:
+    """One tail of the event log for every live stream this process serves."""
+    hub = EventHub(app[REDIS])
+    app[EVENT_HUB] = hub
+    hub.start()
+    yield
+    await hub.stop()
+
+
 async def _arq(app: web.Application) -> AsyncIterator[None]:
     """arq's pool (bytes replies): upload jobs and the uploaded bytes."""
     pool = await create_arq_pool(app[SETTINGS].redis_url)
@@ -64,11 +74,12 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[KEYRING] = KeyRing(settings.secret_key, settings.admin_key)
-    app.cleanup_ctx.extend([_redis, _arq])
+    app.cleanup_ctx.extend([_redis, _event_hub, _arq])
     app.on_response_prepare.append(add_response_headers)
     app.router.add_get("/api/generations", handlers.list_generations)
-    # Before /{id}, which would otherwise take "usage" for an id.
+    # Before /{id}, which would otherwise take "usage" or "events" for an id.
     app.router.add_get("/api/generations/usage", handlers.get_usage)
+    app.router.add_get("/api/generations/events", handlers.generation_stream)
     app.router.add_post("/api/generations/create", handlers.create_generation)
     app.router.add_post("/api/generations/batch", handlers.create_batch)
     app.router.add_post("/api/generations/upload", handlers.upload_image)

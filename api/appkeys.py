@@ -10,6 +10,7 @@ from aiohttp import web
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from api.events import EventHub
 from shared.accounts import AccountRegistry
 from shared.events import EventLog
 from shared.settings import Settings
@@ -21,3 +22,5 @@ ARQ = web.AppKey("arq", ArqRedis)  # bytes: arq's queue and uploaded images
 STORE = web.AppKey("store", GenerationStore)
 REGISTRY = web.AppKey("registry", AccountRegistry)
 EVENTS = web.AppKey("events", EventLog)
+# The live stream's one reader of the event log in this process (api/events.py).
+EVENT_HUB = web.AppKey("event_hub", EventHub)

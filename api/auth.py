@@ -93,13 +93,23 @@ KEYRING = web.AppKey("keyring", KeyRing)
 GuardedHandler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
 
 
-def requires(access: Access) -> Callable[[GuardedHandler], Handler]:
-    """Decorate a handler `(request, caller)` so it runs only for a caller with `access`."""
+KEY_QUERY_PARAMETER = "key"
+
+
+def requires(access: Access, *, key_in_query: bool = False) -> Callable[[GuardedHandler], Handler]:
+    """Decorate a handler `(request, caller)` so it runs only for a caller with `access`.
+
+    `key_in_query`: the key may also come as `?key=` (for EventSource, which cannot send headers;
+    only the live event stream allows it).
+    """
 
     def decorate(handler: GuardedHandler) -> Handler:
         @functools.wraps(handler)
         async def guarded(request: web.Request) -> web.StreamResponse:
-            caller = request.app[KEYRING].authorize(request.headers.get(SECRET_KEY_HEADER), access)
+            presented = request.headers.get(SECRET_KEY_HEADER)
+            if presented is None and key_in_query:
+                presented = request.query.get(KEY_QUERY_PARAMETER)
+            caller = request.app[KEYRING].authorize(presented, access)
             return await handler(request, caller)
 
         return guarded

@@ -6,15 +6,18 @@ Routes and their seed shapes are in UPSTREAM.md §3; api/app.py wires them up. E
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
-from api import pool, submissions, uploads
-from api.appkeys import ARQ, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
+from api import events, pool, submissions, uploads
+from api.appkeys import ARQ, EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
 from api.auth import KEYRING, Access, Caller, requires
 from api.errors import (
     AccountExistsError,
     AlreadyFinished,
     AlreadySubmitted,
+    InvalidQuery,
     NotFound,
     UnknownAccountError,
     UnknownHolder,
@@ -33,6 +36,8 @@ from shared.models import (
 from shared.settings import AccountConfig
 from shared.states import NOT_SUBMITTED, FailureReason
 from shared.store import views
+
+EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -83,6 +88,23 @@ async def generation_events(request: web.Request, caller: Caller) -> web.Respons
         raise NotFound(f"no generation {gen_id[:100]!r}")
     history = await request.app[EVENTS].history(gen_id)
     return web.json_response({"data": [event.public(admin=caller.admin) for event in history]})
+
+
+@requires(Access.HOLDER, key_in_query=True)
+async def generation_stream(request: web.Request, caller: Caller) -> web.StreamResponse:
+    """GET /api/generations/events: Server-Sent Events of the caller's generations (api/events.py)."""
+    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if last is not None and not EVENT_ID.fullmatch(last):
+        raise InvalidQuery(f"Last-Event-ID must be an event id like 1733280000123-0, got {last[:40]!r}")
+    app = request.app
+    return await events.stream(
+        request,
+        app[EVENT_HUB],
+        app[STORE],
+        caller.owner,
+        last_event_id=last,
+        heartbeat_seconds=app[SETTINGS].events_heartbeat_seconds,
+    )
 
 
 @requires(Access.ADMIN)

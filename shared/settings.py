@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     event_log_max_len: int = Field(default=1_000_000, ge=1000)
     # Each key holder's own event stream: how far back a live stream can resume (Last-Event-ID).
     holder_events_max_len: int = Field(default=10_000, ge=100)
+    # A comment on every idle live stream this often, so proxies do not close it.
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0)
     # Until a generation time has been measured, estimates assume this.
     default_generation_seconds: float = Field(default=120.0, gt=0)
 

@@ -1,0 +1,173 @@
+"""The live event stream: GET /api/generations/events, Server-Sent Events of a key holder's generations.
+
+A reader of the event log like any other (shared/events.py): one task per api process tails the
+log with one blocking XREAD and hands each generation event to the streams open for its owner, so
+an idle stream costs nothing and a thousand open streams cost one Redis connection. A client that
+reconnects with `Last-Event-ID` first gets what it missed from its holder's own stream (the last
+HOLDER_EVENTS_MAX_LEN events), then the live tail; the event id is the log's entry id, so the two
+never disagree. Heartbeat comments keep proxies from closing an idle stream.
+
+Browsers cannot send headers with EventSource, so this route (only this one) also takes the key as
+a `key` query parameter; the request log never records query strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+
+import orjson
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared import keys
+from shared.events import GenerationEvent, parse_entry
+from shared.store import GenerationStore, views
+
+log = structlog.get_logger("api")
+
+# How long one XREAD waits before it asks again: below every client's socket timeout.
+BLOCK_MS = 1000
+# Events a slow stream may lag behind before it is closed (it resumes with Last-Event-ID).
+STREAM_BUFFER = 1000
+REPLAY_PAGE = 500
+
+
+class EventHub:
+    """Tails the event log once for this process and fans generation events out by owner."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._streams: dict[str, set[asyncio.Queue[GenerationEvent | None]]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._tail(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for streams in self._streams.values():
+            for queue in streams:
+                queue.put_nowait(None)
+
+    @contextlib.contextmanager
+    def subscribe(self, owner: str) -> Iterator[asyncio.Queue[GenerationEvent | None]]:
+        queue: asyncio.Queue[GenerationEvent | None] = asyncio.Queue(STREAM_BUFFER)
+        self._streams[owner].add(queue)
+        try:
+            yield queue
+        finally:
+            self._streams[owner].discard(queue)
+            if not self._streams[owner]:
+                del self._streams[owner]
+
+    @property
+    def open_streams(self) -> int:
+        return sum(len(streams) for streams in self._streams.values())
+
+    async def _tail(self) -> None:
+        last = "$"  # what happens from now on; a stream's past comes from its owner's stream
+        failures = 0
+        while True:
+            try:
+                answer = await self.redis.xread({keys.EVENTS: last}, block=BLOCK_MS, count=1000)
+                failures = 0
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                failures += 1
+                log.warning("event_hub_redis_unavailable", error=str(error))
+                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+                continue
+            for _, entries in answer or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    if fields.get("kind") == "generation" and fields.get("owner") in self._streams:
+                        event = parse_entry(entry_id, fields)
+                        assert isinstance(event, GenerationEvent)
+                        self._deliver(event)
+
+    def _deliver(self, event: GenerationEvent) -> None:
+        for queue in list(self._streams.get(event.owner, ())):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                # Too far behind: end that stream; its client resumes from its Last-Event-ID.
+                self._streams[event.owner].discard(queue)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.get_nowait()
+                queue.put_nowait(None)
+
+
+async def missed(redis: Redis, owner: str, after: str) -> AsyncIterator[GenerationEvent]:
+    """The owner's events after `after` (exclusive), oldest first, from its own stream."""
+    start = f"({after}"
+    while True:
+        entries = await redis.xrange(keys.owner_events(owner), min=start, max="+", count=REPLAY_PAGE)
+        for entry_id, fields in entries:
+            event = parse_entry(entry_id, fields)
+            if isinstance(event, GenerationEvent):
+                yield event
+        if len(entries) < REPLAY_PAGE:
+            return
+        start = f"({entries[-1][0]}"
+
+
+async def stream(
+    request: web.Request,
+    hub: EventHub,
+    store: GenerationStore,
+    owner: str,
+    *,
+    last_event_id: str | None,
+    heartbeat_seconds: float,
+) -> web.StreamResponse:
+    """Serve one client: what it missed, then the live tail, with heartbeats, until it leaves."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx: pass events on as they come
+        }
+    )
+    await response.prepare(request)
+    sent = last_event_id or "0-0"
+    with hub.subscribe(owner) as live, contextlib.suppress(ConnectionResetError):
+        # Subscribed before the replay, so nothing falls between the two; ids already sent are skipped.
+        await response.write(b": connected\n\n")
+        if last_event_id:
+            async for past in missed(store.redis, owner, last_event_id):
+                sent = await _send(response, store, past)
+        while True:
+            try:
+                event = await asyncio.wait_for(live.get(), timeout=heartbeat_seconds)
+            except TimeoutError:
+                await response.write(b": heartbeat\n\n")
+                continue
+            if event is None:
+                break
+            if _newer(event.id, sent):
+                sent = await _send(response, store, event)
+    return response
+
+
+def _newer(entry_id: str, than: str) -> bool:
+    ms, _, seq = entry_id.partition("-")
+    other_ms, _, other_seq = than.partition("-")
+    return (int(ms), int(seq or 0)) > (int(other_ms), int(other_seq or 0))
+
+
+async def _send(response: web.StreamResponse, store: GenerationStore, event: GenerationEvent) -> str:
+    """One `event: generation` frame: the generation as the detail shows it now."""
+    record = await store.get(event.generation_id)
+    if record is not None:
+        [view] = views([record], await store.places([record]))
+        data = orjson.dumps(view)
+        await response.write(b"id: %s\nevent: generation\ndata: %s\n\n" % (event.id.encode(), data))
+    return event.id
