@@ -52,7 +52,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 
 async def _event_hub(app: web.Application) -> AsyncIterator[None]:
     """One tail of the event log for every live stream this process serves."""
-    hub = EventHub(app[REDIS])
+    hub = EventHub(app[STORE])
     app[EVENT_HUB] = hub
     hub.start()
     yield

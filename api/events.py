@@ -38,12 +38,17 @@ STREAM_BUFFER = 1000
 REPLAY_PAGE = 500
 
 
+# What a stream is handed: an event's id and its frame, rendered once for every stream of its owner.
+Frame = tuple[str, bytes]
+
+
 class EventHub:
     """Tails the event log once for this process and fans generation events out by owner."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self._streams: dict[str, set[asyncio.Queue[GenerationEvent | None]]] = defaultdict(set)
+    def __init__(self, store: GenerationStore) -> None:
+        self.store = store
+        self.redis = store.redis
+        self._streams: dict[str, set[asyncio.Queue[Frame | None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -59,8 +64,8 @@ class EventHub:
                 queue.put_nowait(None)
 
     @contextlib.contextmanager
-    def subscribe(self, owner: str) -> Iterator[asyncio.Queue[GenerationEvent | None]]:
-        queue: asyncio.Queue[GenerationEvent | None] = asyncio.Queue(STREAM_BUFFER)
+    def subscribe(self, owner: str) -> Iterator[asyncio.Queue[Frame | None]]:
+        queue: asyncio.Queue[Frame | None] = asyncio.Queue(STREAM_BUFFER)
         self._streams[owner].add(queue)
         try:
             yield queue
@@ -74,46 +79,71 @@ class EventHub:
         return sum(len(streams) for streams in self._streams.values())
 
     async def _tail(self) -> None:
-        last = "$"  # what happens from now on; a stream's past comes from its owner's stream
+        last: str | None = None
         failures = 0
         while True:
             try:
+                if last is None:
+                    # From what happens next on: a stream's past comes from its owner's stream.
+                    newest = await self.redis.xrevrange(keys.EVENTS, count=1)
+                    last = newest[0][0] if newest else "0-0"
                 answer = await self.redis.xread({keys.EVENTS: last}, block=BLOCK_MS, count=1000)
+                events = []
+                for _, entries in answer or []:
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        if fields.get("kind") == "generation" and fields.get("owner") in self._streams:
+                            event = parse_entry(entry_id, fields)
+                            assert isinstance(event, GenerationEvent)
+                            events.append(event)
+                if events:
+                    for owner, frame in await render(self.store, events):
+                        self._deliver(owner, frame)
                 failures = 0
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 failures += 1
                 log.warning("event_hub_redis_unavailable", error=str(error))
                 await asyncio.sleep(min(5.0, 0.1 * 2**failures))
-                continue
-            for _, entries in answer or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    if fields.get("kind") == "generation" and fields.get("owner") in self._streams:
-                        event = parse_entry(entry_id, fields)
-                        assert isinstance(event, GenerationEvent)
-                        self._deliver(event)
 
-    def _deliver(self, event: GenerationEvent) -> None:
-        for queue in list(self._streams.get(event.owner, ())):
+    def _deliver(self, owner: str, frame: Frame) -> None:
+        for queue in list(self._streams.get(owner, ())):
             try:
-                queue.put_nowait(event)
+                queue.put_nowait(frame)
             except asyncio.QueueFull:
                 # Too far behind: end that stream; its client resumes from its Last-Event-ID.
-                self._streams[event.owner].discard(queue)
+                self._streams[owner].discard(queue)
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.get_nowait()
                 queue.put_nowait(None)
 
 
-async def missed(redis: Redis, owner: str, after: str) -> AsyncIterator[GenerationEvent]:
-    """The owner's events after `after` (exclusive), oldest first, from its own stream."""
+async def render(store: GenerationStore, events: list[GenerationEvent]) -> list[tuple[str, Frame]]:
+    """Each event's frame: the generation as the detail shows it now (one read for all of them)."""
+    records = {record.id: record for record in await store.get_many([e.generation_id for e in events])}
+    shown = {
+        view["id"]: view for view in views(list(records.values()), await store.places(list(records.values())))
+    }
+    frames = []
+    for event in events:
+        view = shown.get(event.generation_id)
+        if view is not None:
+            data = orjson.dumps(view)
+            frames.append(
+                (
+                    event.owner,
+                    (event.id, b"id: %s\nevent: generation\ndata: %s\n\n" % (event.id.encode(), data)),
+                )
+            )
+    return frames
+
+
+async def missed(redis: Redis, owner: str, after: str) -> AsyncIterator[list[GenerationEvent]]:
+    """The owner's events after `after` (exclusive), oldest first, a page at a time, from its own stream."""
     start = f"({after}"
     while True:
         entries = await redis.xrange(keys.owner_events(owner), min=start, max="+", count=REPLAY_PAGE)
-        for entry_id, fields in entries:
-            event = parse_entry(entry_id, fields)
-            if isinstance(event, GenerationEvent):
-                yield event
+        page = [parse_entry(entry_id, fields) for entry_id, fields in entries]
+        yield [event for event in page if isinstance(event, GenerationEvent)]
         if len(entries) < REPLAY_PAGE:
             return
         start = f"({entries[-1][0]}"
@@ -142,18 +172,22 @@ async def stream(
         # Subscribed before the replay, so nothing falls between the two; ids already sent are skipped.
         await response.write(b": connected\n\n")
         if last_event_id:
-            async for past in missed(store.redis, owner, last_event_id):
-                sent = await _send(response, store, past)
+            async for page in missed(store.redis, owner, last_event_id):
+                for _, (entry_id, frame) in await render(store, page):
+                    await response.write(frame)
+                    sent = entry_id
         while True:
             try:
-                event = await asyncio.wait_for(live.get(), timeout=heartbeat_seconds)
+                item = await asyncio.wait_for(live.get(), timeout=heartbeat_seconds)
             except TimeoutError:
                 await response.write(b": heartbeat\n\n")
                 continue
-            if event is None:
+            if item is None:
                 break
-            if _newer(event.id, sent):
-                sent = await _send(response, store, event)
+            entry_id, frame = item
+            if _newer(entry_id, sent):
+                await response.write(frame)
+                sent = entry_id
     return response
 
 
@@ -161,13 +195,3 @@ def _newer(entry_id: str, than: str) -> bool:
     ms, _, seq = entry_id.partition("-")
     other_ms, _, other_seq = than.partition("-")
     return (int(ms), int(seq or 0)) > (int(other_ms), int(other_seq or 0))
-
-
-async def _send(response: web.StreamResponse, store: GenerationStore, event: GenerationEvent) -> str:
-    """One `event: generation` frame: the generation as the detail shows it now."""
-    record = await store.get(event.generation_id)
-    if record is not None:
-        [view] = views([record], await store.places([record]))
-        data = orjson.dumps(view)
-        await response.write(b"id: %s\nevent: generation\ndata: %s\n\n" % (event.id.encode(), data))
-    return event.id
