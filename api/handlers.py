@@ -23,6 +23,7 @@ from api.errors import (
     UnknownHolder,
 )
 from api.parse import body_as, query_as
+from api.respond import json_response
 from shared.accounts import AccountExists, AccountView, UnknownAccount
 from shared.events import Event, EventsQuery, GenerationEvent
 from shared.models import (
@@ -43,7 +44,7 @@ EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 async def health(request: web.Request) -> web.Response:
     """GET /healthz, unauthenticated: 200 while this api can reach Redis (503 JSON otherwise)."""
     await request.app[REDIS].ping()
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @requires(Access.HOLDER)
@@ -62,7 +63,7 @@ async def list_generations(request: web.Request, caller: Caller) -> web.Response
         records = await store.list_owned(
             caller.owner, query.offset, query.limit, states=query.state, batch_id=query.batch_id
         )
-    return web.json_response({"data": await _views(request, records)})
+    return json_response({"data": await _views(request, records)})
 
 
 @requires(Access.HOLDER)
@@ -73,7 +74,7 @@ async def get_generation(request: web.Request, caller: Caller) -> web.Response:
     if record is None:
         raise NotFound(f"no generation {gen_id[:100]!r}")
     [view] = await _views(request, [record])
-    return web.json_response({"data": view})
+    return json_response({"data": view})
 
 
 @requires(Access.HOLDER_OR_ADMIN)
@@ -87,7 +88,7 @@ async def generation_events(request: web.Request, caller: Caller) -> web.Respons
     if record is None or (record.owner != caller.owner and not caller.admin):
         raise NotFound(f"no generation {gen_id[:100]!r}")
     history = await request.app[EVENTS].history(gen_id)
-    return web.json_response({"data": [event.public(admin=caller.admin) for event in history]})
+    return json_response({"data": [event.public(admin=caller.admin) for event in history]})
 
 
 @requires(Access.HOLDER, key_in_query=True)
@@ -112,7 +113,7 @@ async def recent_events(request: web.Request, caller: Caller) -> web.Response:
     """GET /api/admin/events?limit=100&before=ID: the newest entries of the whole event log."""
     query = query_as(request, EventsQuery)
     events = await request.app[EVENTS].recent(query.limit, before=query.before)
-    return web.json_response({"data": [_event_view(event) for event in events]})
+    return json_response({"data": [_event_view(event) for event in events]})
 
 
 def _event_view(event: Event) -> dict[str, object]:
@@ -125,7 +126,7 @@ def _event_view(event: Event) -> dict[str, object]:
 async def get_usage(request: web.Request, caller: Caller) -> web.Response:
     """GET /api/generations/usage: the pool's cached usage; the admin also sees every account."""
     summary = await pool.usage(request.app[REGISTRY], with_accounts=caller.admin)
-    return web.json_response({"data": summary})
+    return json_response({"data": summary})
 
 
 @requires(Access.HOLDER)
@@ -133,7 +134,7 @@ async def create_generation(request: web.Request, caller: Caller) -> web.Respons
     """POST /api/generations/create: store the generation and queue it; answers at once."""
     body = await body_as(request, CreateRequest)
     done = await submissions.submit(request, caller, [body], kind="create", body=body.model_dump())
-    return web.json_response({"message": "Success", "data": done.views}, headers=done.headers)
+    return json_response({"message": "Success", "data": done.views}, headers=done.headers)
 
 
 @requires(Access.HOLDER)
@@ -142,7 +143,7 @@ async def create_batch(request: web.Request, caller: Caller) -> web.Response:
     settings = request.app[SETTINGS]
     body = await body_as(request, BatchRequest, max_items=settings.batch_max_items)
     done = await submissions.submit(request, caller, body.creates(), kind="batch", body=body.model_dump())
-    return web.json_response(
+    return json_response(
         {"message": "Success", "batch_id": done.batch_id, "data": done.views}, headers=done.headers
     )
 
@@ -160,7 +161,7 @@ async def cancel_generation(request: web.Request, caller: Caller) -> web.Respons
         record = cancelled.record or record
     if record.failure_reason == FailureReason.CANCELLED:
         [view] = await _views(request, [record])  # cancelled, now or by an earlier call
-        return web.json_response({"data": view})
+        return json_response({"data": view})
     if record.terminal:
         raise AlreadyFinished(f"generation {gen_id!r} has already {record.state}")
     raise AlreadySubmitted
@@ -174,7 +175,7 @@ async def upload_image(request: web.Request, caller: Caller) -> web.Response:
     result = await uploads.hand_to_worker(
         request.app[ARQ], image, wait_seconds=settings.upload_timeout_seconds
     )
-    return web.json_response(
+    return json_response(
         {"data": {"id": result.id, "presigned_url": result.presigned_url, "public_url": result.public_url}}
     )
 
@@ -183,7 +184,7 @@ async def upload_image(request: web.Request, caller: Caller) -> web.Response:
 async def list_accounts(request: web.Request, caller: Caller) -> web.Response:
     """GET /api/admin/accounts: every account's state, load and usage (never its cookie)."""
     accounts = await request.app[REGISTRY].views()
-    return web.json_response({"data": [account.model_dump() for account in accounts]})
+    return json_response({"data": [account.model_dump() for account in accounts]})
 
 
 @requires(Access.ADMIN)
@@ -196,7 +197,7 @@ async def add_account(request: web.Request, caller: Caller) -> web.Response:
         await request.app[REGISTRY].add(config)
     except AccountExists:
         raise AccountExistsError(f"an account named {config.name!r} already exists") from None
-    return web.json_response({"data": await _account_view(request, config.name)}, status=201)
+    return json_response({"data": await _account_view(request, config.name)}, status=201)
 
 
 @requires(Access.ADMIN)
@@ -215,14 +216,14 @@ async def update_account(request: web.Request, caller: Caller) -> web.Response:
         )
     except UnknownAccount:
         raise UnknownAccountError(f"no account named {name!r}") from None
-    return web.json_response({"data": await _account_view(request, name)})
+    return json_response({"data": await _account_view(request, name)})
 
 
 @requires(Access.ADMIN)
 async def list_holders(request: web.Request, caller: Caller) -> web.Response:
     """GET /api/admin/holders: each key holder's queue, recent creates and limits."""
     owners = request.app[KEYRING].holders
-    return web.json_response({"data": await _holder_views(request, owners)})
+    return json_response({"data": await _holder_views(request, owners)})
 
 
 @requires(Access.ADMIN)
@@ -236,7 +237,7 @@ async def update_holder(request: web.Request, caller: Caller) -> web.Response:
         owner, {name: getattr(change, name) for name in change.model_fields_set}
     )
     [view] = await _holder_views(request, [owner])
-    return web.json_response({"data": view})
+    return json_response({"data": view})
 
 
 async def _holder_views(request: web.Request, owners: list[str]) -> list[dict[str, object]]:
