@@ -20,15 +20,15 @@ The event log (shared/events.py has the schema of an event):
     events                   stream  every transition of every generation, and account health
     events:{owner}           stream  one key holder's generation events, same entry ids
 
-Webhooks (shared/webhooks.py reads and writes them; worker/webhooks.py delivers):
-    (group `webhooks` on `events`)   consumer group with one consumer, also `webhooks`: its cursor
-                                     and the entries read but not yet turned into deliveries
+Webhooks (shared/webhooks.py writes them; worker/webhooks.py reads the log and delivers):
+    group `webhooks` on `events`     a consumer group with one consumer, also named `webhooks`:
+                                     the cursor, and entries read but not yet acknowledged
     lock:webhook-reader      string  lock: the one worker reading the log for webhooks
     webhook-secret:{owner}   string  the key holder's signing secret, `whsec_...`
     webhook:{webhook id}     hash    one event's delivery: url, body, state, attempts, lease
     webhook-gen:{id}         list    webhook ids of a generation's events, in the log's order
     webhook-gen:{id}:queue   list    those not yet delivered nor given up; only the head is sent
-    webhook-gen:{id}:attempts list   one JSON object per attempt, oldest first
+    webhook-gen:{id}:attempts  list  one JSON object per attempt, oldest first
     webhook-due              zset    gen id -> ms when its queue's head is due (or its lease ends)
 
 Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
