@@ -385,3 +385,50 @@ async def test_a_callback_that_reaches_a_private_address_at_delivery_time_is_nev
             assert "must not connect to" in item["given_up_reason"]
             assert all(attempt["status"] is None for attempt in item["attempts"])
             assert all("Connect call failed" not in attempt["error"] for attempt in item["attempts"])
+
+
+@simulator_with(pending_seconds=0.05, processing_seconds=0.2)
+async def test_a_cancel_sends_generation_failed_even_when_made_before_any_worker_ran(
+    hook_api: Api,
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    receiver: Receiver,
+) -> None:
+    """Cancelled while no worker is up: the first worker reads the log from its start, sends failed."""
+    [gen_id] = await create_many(hook_api, ["taken back"], callback_url=receiver.url())
+    cancel = await hook_api.post(f"/api/generations/{gen_id}/cancel", headers=headers())
+    assert cancel.status == 200, await cancel.text()
+    expected = await expected_webhooks(hook_api, gen_id)
+    assert [kind for _, kind in expected] == ["generation.failed"]
+
+    start_worker(accounts_for(simulator, {"sim-1": 1}), **HOOK_WORKER)
+    await wait_delivered(receiver, expected)
+    [hit] = receiver.delivered()
+    assert hit.payload["data"]["state"] == "failed"
+    assert hit.payload["data"]["failure_reason"] == "cancelled"
+    Webhook(await secret_of(hook_api)).verify(hit.body, hit.headers)
+
+
+@simulator_with(pending_seconds=0.05, processing_seconds=0.2)
+async def test_a_batchs_callback_url_serves_every_item_that_names_none(
+    hook_api: Api,
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+    receiver: Receiver,
+) -> None:
+    """The batch's callback_url for two items, an item's own for the third: each gets its own events."""
+    start_worker(accounts_for(simulator, {"sim-1": 3}), **HOOK_WORKER)
+    items = [{"prompt": "one"}, {"prompt": "two"}, {"prompt": "three", "callback_url": receiver.url("/own")}]
+    response = await hook_api.post(
+        "/api/generations/batch",
+        json={"items": items, "callback_url": receiver.url("/batch")},
+        headers=headers(),
+    )
+    assert response.status == 200, await response.text()
+    ids = [generation["id"] for generation in (await response.json())["data"]]
+    await wait_all_terminal(redis, ids, within=30)
+    for gen_id in ids:
+        await wait_delivered(receiver, await expected_webhooks(hook_api, gen_id))
+    by_path = {path: {hit.generation_id for hit in receiver.delivered(path)} for path in ("/batch", "/own")}
+    assert by_path == {"/batch": set(ids[:2]), "/own": {ids[2]}}
