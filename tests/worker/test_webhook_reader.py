@@ -26,7 +26,7 @@ async def run_to_the_end(client: Redis, callback_url: str | None = "https://exam
     """A generation taken through the door from waiting to completed: five entries in the log."""
     store = GenerationStore(client, retention_seconds=3600, default_generation_seconds=1)
     record = GenerationRecord.new("alice", CreateRequest(prompt="read me", callback_url=callback_url))
-    await store.enqueue_new(record, max_depth=10, pin=None)
+    await store.enqueue_new(record, max_depth=10)
     for phase in (Phase.CLAIMED, Phase.SUBMITTING, Phase.PROCESSING, Phase.COMPLETED):
         assert (await store.transition(record.id, phase, account="sim-1")).ok
     return record.id
