@@ -11,6 +11,7 @@ from aiohttp import web
 from api.appkeys import STORE, WEBHOOKS
 from api.auth import Access, Caller, requires
 from api.errors import NotFound, NothingToRedeliver
+from api.respond import json_response
 from shared.models import GenerationRecord
 from shared.webhooks import delivery_view
 
@@ -19,14 +20,14 @@ from shared.webhooks import delivery_view
 async def get_secret(request: web.Request, caller: Caller) -> web.Response:
     """GET /api/webhooks/secret: the secret the caller's webhooks are signed with (made on first read)."""
     secret = await request.app[WEBHOOKS].secret(caller.owner)
-    return web.json_response({"data": {"secret": secret}})
+    return json_response({"data": {"secret": secret}})
 
 
 @requires(Access.HOLDER)
 async def rotate_secret(request: web.Request, caller: Caller) -> web.Response:
     """POST /api/webhooks/secret/rotate: a new secret; every attempt from now on is signed with it."""
     secret = await request.app[WEBHOOKS].rotate_secret(caller.owner)
-    return web.json_response({"data": {"secret": secret}})
+    return json_response({"data": {"secret": secret}})
 
 
 @requires(Access.HOLDER_OR_ADMIN)
@@ -37,7 +38,7 @@ async def list_deliveries(request: web.Request, caller: Caller) -> web.Response:
     """
     record = await _generation(request, caller)
     deliveries = await request.app[WEBHOOKS].deliveries(record.id)
-    return web.json_response({"data": [delivery_view(*delivery) for delivery in deliveries]})
+    return json_response({"data": [delivery_view(*delivery) for delivery in deliveries]})
 
 
 @requires(Access.ADMIN)
@@ -50,7 +51,7 @@ async def redeliver(request: web.Request, caller: Caller) -> web.Response:
     if not await webhooks.redeliver(record.id):
         raise NothingToRedeliver()
     deliveries = await webhooks.deliveries(record.id)
-    return web.json_response(
+    return json_response(
         {"message": "Queued", "data": [delivery_view(*delivery) for delivery in deliveries]}, status=202
     )
 
