@@ -9,8 +9,8 @@ import structlog
 from aiohttp import web
 from redis.asyncio import Redis
 
-from api import handlers
-from api.appkeys import ARQ, EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
+from api import handlers, webhooks
+from api.appkeys import ARQ, EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE, WEBHOOKS
 from api.auth import KEYRING, KeyRing
 from api.errors import error_middleware
 from api.events import EventHub
@@ -21,6 +21,7 @@ from shared.logs import configure_logging
 from shared.queue import create_arq_pool
 from shared.settings import Settings
 from shared.store import generation_store
+from shared.webhooks import webhook_store
 
 # A Redis that stops answering must turn into a 503, not a request that hangs.
 REDIS_TIMEOUT_SECONDS = 5.0
@@ -46,6 +47,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = generation_store(client, settings)
     app[REGISTRY] = AccountRegistry(client)
     app[EVENTS] = EventLog(client)
+    app[WEBHOOKS] = webhook_store(client, settings)
     yield
     await client.aclose()
 
@@ -86,6 +88,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/generations/{id}", handlers.get_generation)
     app.router.add_get("/api/generations/{id}/events", handlers.generation_events)
     app.router.add_post("/api/generations/{id}/cancel", handlers.cancel_generation)
+    app.router.add_get("/api/generations/{id}/deliveries", webhooks.list_deliveries)
+    app.router.add_get("/api/webhooks/secret", webhooks.get_secret)
+    app.router.add_post("/api/webhooks/secret/rotate", webhooks.rotate_secret)
+    app.router.add_post("/api/admin/generations/{id}/redeliver", webhooks.redeliver)
     app.router.add_get("/api/admin/accounts", handlers.list_accounts)
     app.router.add_post("/api/admin/accounts", handlers.add_account)
     app.router.add_patch("/api/admin/accounts/{name}", handlers.update_account)

@@ -15,6 +15,7 @@ from shared.accounts import AccountRegistry
 from shared.events import EventLog
 from shared.settings import Settings
 from shared.store import GenerationStore
+from shared.webhooks import WebhookStore
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)  # decoded strings: records, indexes, accounts
@@ -24,3 +25,4 @@ REGISTRY = web.AppKey("registry", AccountRegistry)
 EVENTS = web.AppKey("events", EventLog)
 # The live stream's one reader of the event log in this process (api/events.py).
 EVENT_HUB = web.AppKey("event_hub", EventHub)
+WEBHOOKS = web.AppKey("webhooks", WebhookStore)

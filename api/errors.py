@@ -95,6 +95,12 @@ class AccountExistsError(ApiError):
     default_message = "an account by that name already exists"
 
 
+class NothingToRedeliver(ApiError):
+    status = 409
+    code = "nothing_to_redeliver"
+    default_message = "no webhook of this generation has been queued yet"
+
+
 class TooLarge(ApiError):
     status = 413
     code = "too_large"

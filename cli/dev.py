@@ -363,6 +363,9 @@ def start_stack(stack: Stack, settings: Settings, args: argparse.Namespace, run_
     env["PYTHONUNBUFFERED"] = "1"
     if stack.colour and "log_json" not in settings.model_fields_set:
         env["LOG_JSON"] = "false"  # pretty logs on a terminal, even though children write to a pipe
+    if "webhook_allow_private_networks" not in settings.model_fields_set:
+        # Webhooks to a receiver on this machine (README, "Webhooks"); never on outside development.
+        env["WEBHOOK_ALLOW_PRIVATE_NETWORKS"] = "true"
 
     # Check every port before starting anything, so a clash is reported before any output.
     api_host = settings.api_host

@@ -20,6 +20,17 @@ The event log (shared/events.py has the schema of an event):
     events                   stream  every transition of every generation, and account health
     events:{owner}           stream  one key holder's generation events, same entry ids
 
+Webhooks (shared/webhooks.py writes them; worker/webhooks.py reads the log and delivers):
+    group `webhooks` on `events`     a consumer group with one consumer, also named `webhooks`:
+                                     the cursor, and entries read but not yet acknowledged
+    lock:webhook-reader      string  lock: the one worker reading the log for webhooks
+    webhook-secret:{owner}   string  the key holder's signing secret, `whsec_...`
+    webhook:{webhook id}     hash    one event's delivery: url, body, state, attempts, lease
+    webhook-gen:{id}         list    webhook ids of a generation's events, in the log's order
+    webhook-gen:{id}:queue   list    those not yet delivered nor given up; only the head is sent
+    webhook-gen:{id}:attempts  list  one JSON object per attempt, oldest first
+    webhook-due              zset    gen id -> ms when its queue's head is due (or its lease ends)
+
 Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     wait:owners              zset    owner -> turn; the owner with the lowest turn is served next
     wait:{owner}             zset    gen id -> sequence; one owner's waiting generations, FIFO
@@ -72,6 +83,9 @@ EVENTS = PREFIX + "events"
 WORKERS = PREFIX + "workers"
 START_DEADLINES = PREFIX + "start-deadlines"
 POOL_UNUSABLE_SINCE = PREFIX + "pool:unusable-since"
+WEBHOOK_GROUP = "webhooks"  # the consumer group on EVENTS, and its one consumer's name
+WEBHOOK_READER_LOCK = PREFIX + "lock:webhook-reader"
+WEBHOOK_DUE = PREFIX + "webhook-due"
 
 
 def generation(gen_id: str) -> str:
@@ -113,6 +127,26 @@ def idempotency(owner: str, key: str) -> str:
 
 def owner_events(owner: str) -> str:
     return f"{PREFIX}events:{owner}"
+
+
+def webhook_secret(owner: str) -> str:
+    return f"{PREFIX}webhook-secret:{owner}"
+
+
+def webhook_delivery(webhook_id: str) -> str:
+    return f"{PREFIX}webhook:{webhook_id}"
+
+
+def webhook_deliveries(gen_id: str) -> str:
+    return f"{PREFIX}webhook-gen:{gen_id}"
+
+
+def webhook_queue(gen_id: str) -> str:
+    return f"{PREFIX}webhook-gen:{gen_id}:queue"
+
+
+def webhook_attempts(gen_id: str) -> str:
+    return f"{PREFIX}webhook-gen:{gen_id}:attempts"
 
 
 def upstream(upstream_id: str) -> str:

@@ -1,4 +1,4 @@
-"""The worker process: arq jobs (submit, upload) plus the dispatcher, poller and upkeep loops."""
+"""The worker process: arq jobs (submit, upload) plus the dispatcher, poller, upkeep and webhook loops."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from worker.scheduler import Scheduler
 from worker.submit import release_unused_leases, submit
 from worker.uploads import upload
 from worker.upstream.web import create_session
+from worker.webhooks import run_webhook_reader, run_webhook_sender
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         asyncio.create_task(run_poller(deps, stopping), name="poller"),
         asyncio.create_task(run_upkeep(deps, stopping), name="upkeep"),
         asyncio.create_task(run_dispatcher(deps, stopping), name="dispatcher"),
+        asyncio.create_task(run_webhook_reader(deps, stopping), name="webhook_reader"),
+        asyncio.create_task(run_webhook_sender(deps, stopping), name="webhook_sender"),
     ]
     log.info("worker_started", accounts=await registry.names())
 
