@@ -19,6 +19,7 @@ from shared.accounts import AccountRegistry
 from shared.events import EventLog
 from shared.logs import configure_logging
 from shared.queue import create_arq_pool
+from shared.redisconn import redacted_url
 from shared.settings import Settings
 from shared.store import generation_store
 from shared.webhooks import webhook_store
@@ -117,7 +118,9 @@ def run(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; requests in flight get shutdown_grace_seconds to finish."""
     configure_logging(settings.log_level, settings.log_json)
     warn_if_open(settings)
-    log.info("api starting", host=settings.api_host, port=settings.api_port, redis=_redacted(settings))
+    log.info(
+        "api starting", host=settings.api_host, port=settings.api_port, redis=redacted_url(settings.redis_url)
+    )
     web.run_app(
         create_app(settings),
         host=settings.api_host,
@@ -127,12 +130,3 @@ def run(settings: Settings) -> None:
         access_log=None,  # request_context logs each request once, with its request_id
         print=None,
     )
-
-
-def _redacted(settings: Settings) -> str:
-    """The Redis URL without a password, for the start-up line."""
-    url = settings.redis_url
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{rest}"

@@ -55,7 +55,6 @@ from support.stack import (
     Stack,
     api_has_processes_flag,
     event_loop_of,
-    free_port,
     machine,
     open_stack,
     process_tree,
@@ -65,6 +64,7 @@ from support.stack import (
     wait_terminal,
 )
 
+from cli.ports import free_port
 from simulator.config import AccountSpec, SimulatorConfig
 
 CREATE_KEY = "bench-create-key"

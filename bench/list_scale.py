@@ -15,20 +15,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
-import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from support.stack import free_port, machine
+from support.stack import machine
 
 from api.app import create_app
 from api.auth import owner_id
+from cli.ports import free_port
+from cli.redis_server import RedisServer, RedisServerError
 from shared import keys
 from shared.logs import configure_logging
 from shared.models import CreateRequest, GenerationRecord
@@ -133,20 +133,7 @@ async def measure(redis_url: str, size: int, requests: int) -> dict[str, object]
     return result
 
 
-async def wait_for_redis(url: str) -> None:
-    for _ in range(200):
-        try:
-            probe = Redis.from_url(url)
-            await probe.ping()
-            await probe.aclose()
-            return
-        except RedisConnectionError:
-            await asyncio.sleep(0.05)
-    raise SystemExit("redis-server did not start")
-
-
 async def run_sizes(url: str, sizes: list[int], requests: int) -> list[dict[str, float]]:
-    await wait_for_redis(url)
     return [await measure(url, size, requests) for size in sorted(sizes)]
 
 
@@ -156,19 +143,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
     configure_logging("WARNING", json_logs=False)
-    if shutil.which("redis-server") is None:
-        raise SystemExit("redis-server is not on PATH")
-    port = free_port()
     with tempfile.TemporaryDirectory() as directory:
-        server = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", directory],
-            stdout=subprocess.DEVNULL,
-        )
+        # No AOF: the benchmark fills and reads; durability is not what it measures.
         try:
-            results = asyncio.run(run_sizes(f"redis://127.0.0.1:{port}/0", args.sizes, args.requests))
+            server = RedisServer.started(Path(directory), persistent=False)
+        except RedisServerError as exc:
+            raise SystemExit(str(exc)) from None
+        try:
+            results = asyncio.run(run_sizes(server.url, args.sizes, args.requests))
         finally:
-            server.terminate()
-            server.wait(10)
+            server.stop()
     largest, smallest = results[-1], results[0]
     ratios = {}
     for name in QUERIES:

@@ -12,15 +12,12 @@ import argparse
 import ctypes
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -28,6 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING
+
+from cli import redis_server
+from cli.ports import port_taken
+from shared.redisconn import redacted_url
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -254,19 +255,8 @@ def _http_answers(url: str) -> Callable[[], str | None]:
     return check
 
 
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As servers do: a port left in TIME_WAIT by the previous run is free to use.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def _require_free_port(host: str, port: int, what: str, hint: str) -> None:
-    if _port_taken(host, port):
+    if port_taken(host, port):
         raise DevError(
             f"port {port} on {host} is already taken, so {what} cannot start "
             f"(is another `luma-queue dev` still running?). {hint}"
@@ -278,14 +268,6 @@ def _relative(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
-
-
-def _redacted(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _reachable_host(host: str) -> str:
@@ -314,12 +296,6 @@ class Running:
 
 
 def _start_redis(stack: Stack, port: int, run_dir: Path) -> tuple[str, Path]:
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise DevError(
-            "redis-server is not installed. Install it (Debian/Ubuntu: sudo apt-get install redis-server; "
-            "macOS: brew install redis), or set REDIS_URL to a Redis you already run."
-        )
     _require_free_port(
         "127.0.0.1",
         port,
@@ -328,23 +304,11 @@ def _start_redis(stack: Stack, port: int, run_dir: Path) -> tuple[str, Path]:
     )
     data_dir = run_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    stack.start(
-        "redis",
-        [
-            executable,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", str(data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", "",
-            "--loglevel", "warning",
-        ],
-        dict(os.environ),
-    )  # fmt: skip
+    try:
+        argv = redis_server.command(port, data_dir, extra=["--loglevel", "warning"])
+    except redis_server.RedisServerError as exc:
+        raise DevError(f"{exc}. Install it, or set REDIS_URL to a Redis you already run.") from None
+    stack.start("redis", argv, dict(os.environ))
     return f"redis://127.0.0.1:{port}/0", data_dir
 
 
@@ -383,7 +347,7 @@ def start_stack(stack: Stack, settings: Settings, args: argparse.Namespace, run_
     else:
         redis_url, redis_dir = _start_redis(stack, args.redis_port, run_dir)
         env["REDIS_URL"] = redis_url
-    stack.wait_until(f"Redis at {_redacted(redis_url)}", _redis_answers(redis_url), REDIS_READY_SECONDS)
+    stack.wait_until(f"Redis at {redacted_url(redis_url)}", _redis_answers(redis_url), REDIS_READY_SECONDS)
 
     if accounts:
         upstream = "Luma accounts " + ", ".join(f"{a.name} ({a.base_url})" for a in accounts)
@@ -434,7 +398,7 @@ def banner(running: Running, settings: Settings, log_dir: Path) -> str:
             "",
             f"  api         {url}",
             f"  Secret-Key  {key_line}",
-            f"  redis       {_redacted(running.redis_url)}  ({redis_note})",
+            f"  redis       {redacted_url(running.redis_url)}  ({redis_note})",
             f"  upstream    {running.upstream}",
             f"  logs        {_relative(log_dir)}/",
             "",
@@ -450,10 +414,7 @@ def banner(running: Running, settings: Settings, log_dir: Path) -> str:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from cli.main import load_settings
-
-    settings = load_settings()
+def run(args: argparse.Namespace, settings: Settings) -> int:
     run_dir = Path.cwd() / ".run"
     log_dir = run_dir / "logs"
     stack = Stack(log_dir, args.stop_timeout)

@@ -91,9 +91,10 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    settings = load_settings()
     from cli.dev import run
 
-    return run(args)
+    return run(args, settings)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from cli.ports import free_port, free_ports
+
 ROOT = Path(__file__).resolve().parent.parent
 SUBCOMMANDS = {
     "api": "HTTP api",
@@ -95,9 +97,7 @@ def test_dev_refuses_a_taken_redis_port(tmp_path: Path) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        with socket.socket() as free:
-            free.bind(("127.0.0.1", 0))
-            api_port = free.getsockname()[1]
+        api_port = free_port()
         result = luma_queue(
             "dev", "--redis-port", str(port), cwd=tmp_path,
             LUMA_ACCOUNTS='[{"name": "a", "cookie": "access_token=x"}]', API_PORT=str(api_port),
@@ -119,17 +119,6 @@ def test_worker_without_accounts_exits_with_a_clear_message(tmp_path: Path, redi
 
 
 # -- luma-queue dev: the whole stack from one command ------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class DevStack:

@@ -21,9 +21,7 @@ import json
 import logging
 import os
 import platform
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,9 +36,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.app import create_app
+from cli.ports import free_port
+from cli.redis_server import RedisServer, RedisServerError
 from shared import keys
 from shared.logs import configure_logging
 from shared.models import GenerationRecord
@@ -84,13 +83,6 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -186,7 +178,7 @@ class Worker:
 class Stack:
     directory: Path
     redis: Redis
-    redis_process: subprocess.Popen[bytes]
+    redis_server: RedisServer
     simulator: RunningSimulator
     api_url: str
     workers: list[Worker] = field(default_factory=list)
@@ -212,7 +204,7 @@ class Stack:
 
     def cpu(self) -> dict[str, float]:
         usage = {f"worker-{w.index}": round(w.cpu_total(), 1) for w in self.workers}
-        usage["redis"] = round(cpu_seconds(self.redis_process.pid), 1)
+        usage["redis"] = round(cpu_seconds(self.redis_server.pid or 0), 1)
         own = os.times()
         if self.api_process is None:
             usage["bench (api+simulator)"] = round(own.user + own.system, 1)
@@ -307,32 +299,18 @@ async def open_stack(
     configure_logging("WARNING", json_logs=False)  # the in-process api would log every request
     # A worker SIGKILLed mid-request is expected here; the simulator's server need not trace it.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise SystemExit("redis-server is not on PATH")
-    port = free_port()
-    redis_process = spawn(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
-         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-         "--maxmemory-policy", "noeviction", "--daemonize", "no"],
-        directory / "redis.log", directory,
-    )  # fmt: skip
-    redis_url = f"redis://127.0.0.1:{port}/0"
+    try:
+        redis_server = RedisServer.started(directory, own_session=True)
+    except RedisServerError as exc:
+        raise SystemExit(str(exc)) from None
+    atexit.register(redis_server.kill)
+    redis_url = redis_server.url
     redis = Redis.from_url(redis_url, decode_responses=True)
     simulator = RunningSimulator(config)
     runner: web.AppRunner | None = None
     api_process: subprocess.Popen[bytes] | None = None
     stack: Stack | None = None
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                await redis.ping()
-                break
-            except (RedisConnectionError, OSError):
-                if time.monotonic() > deadline or redis_process.poll() is not None:
-                    raise RuntimeError("redis-server did not start; see redis.log") from None
-                await asyncio.sleep(0.05)
         await simulator.start()
         if api_processes is None:
             settings = Settings(
@@ -358,7 +336,7 @@ async def open_stack(
         )  # fmt: skip
         env = worker_env(redis_url, pool, worker_settings)
         stack = Stack(
-            directory, redis, redis_process, simulator, api_url, api_process=api_process, redis_url=redis_url
+            directory, redis, redis_server, simulator, api_url, api_process=api_process, redis_url=redis_url
         )
         stack.workers = [Worker(env, directory, index) for index in range(workers)]
         for worker in stack.workers:
@@ -374,11 +352,7 @@ async def open_stack(
         await simulator.stop()
         with suppress(Exception):
             await redis.aclose()
-        redis_process.terminate()
-        try:
-            redis_process.wait(10)
-        except subprocess.TimeoutExpired:
-            redis_process.kill()
+        redis_server.stop()
 
 
 @dataclass

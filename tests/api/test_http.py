@@ -6,8 +6,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from cli.redis_server import RedisServer
 from tests.api.conftest import KEY_A, ApiClient, MakeApi, auth
-from tests.fixtures.redis import RedisServer
 
 CORS = {
     "Access-Control-Allow-Origin": "*",

@@ -19,10 +19,10 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 import api.app
+from cli.ports import free_port
 from shared import keys
 from shared.settings import Settings
 from tests.api.conftest import KEY_A, auth
-from tests.fixtures.redis import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 DEADLINE_SECONDS = 15.0

@@ -13,11 +13,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from api.app import create_app
+from cli.redis_server import RedisServer
 from shared.models import FailureReason
 from simulator.config import AccountSpec
 from simulator.testing import RunningSimulator
 from tests.e2e.helpers import create_many, creates_per_prompt, records, wait_all_terminal
-from tests.fixtures.redis import RedisServer
 from tests.fixtures.simulator import simulator_with, wait_until
 from tests.fixtures.stack import WorkerProcess, accounts_for, api_settings, headers
 

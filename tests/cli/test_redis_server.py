@@ -1,10 +1,13 @@
-"""The real-Redis fixtures themselves: what other tests rely on when they kill and restart Redis."""
+"""The redis-server launcher and the fixtures on it: what other tests rely on when they kill, restart
+or freeze Redis."""
 
 from __future__ import annotations
 
+import pytest
+import redis as redis_sync
 import redis.asyncio as redis_asyncio
 
-from tests.fixtures.redis import RedisServer
+from cli.redis_server import RedisServer
 
 
 def test_kill_and_start_keeps_acknowledged_writes(fresh_redis_server: RedisServer) -> None:
@@ -55,3 +58,28 @@ async def test_redis_fixture_starts_on_an_empty_database(redis: redis_asyncio.Re
 async def test_redis_fixture_does_not_see_the_previous_tests_keys(redis: redis_asyncio.Redis) -> None:
     """FLUSHALL runs before every test, so nothing leaks from the test above."""
     assert await redis.exists("left-behind") == 0
+
+
+def test_freeze_stops_answers_and_thaw_brings_them_back(fresh_redis_server: RedisServer) -> None:
+    """A frozen server keeps its port open but answers nothing; thawed, it answers with its data."""
+    client = fresh_redis_server.client()
+    client.set("before", "freeze")
+    fresh_redis_server.freeze()
+    frozen = redis_sync.Redis.from_url(fresh_redis_server.url, socket_timeout=0.3)
+    try:
+        with pytest.raises(redis_sync.TimeoutError):
+            frozen.ping()
+    finally:
+        frozen.close()
+    fresh_redis_server.thaw()
+    try:
+        assert client.get("before") == b"freeze"
+    finally:
+        client.close()
+
+
+def test_a_frozen_server_can_still_be_stopped(fresh_redis_server: RedisServer) -> None:
+    """stop() on a frozen server resumes it so that SIGTERM takes effect, rather than hanging."""
+    fresh_redis_server.freeze()
+    fresh_redis_server.stop()
+    assert not fresh_redis_server.running
