@@ -13,7 +13,6 @@ ideal, <= 3 upstream requests per generation.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import sys
@@ -28,6 +27,7 @@ from support.stack import (
     endpoint,
     machine,
     open_stack,
+    run_benchmark,
     stats,
     submit_all,
     upstream_requests,
@@ -268,11 +268,7 @@ def summary(result: dict[str, Any]) -> str:
 
 def main() -> int:
     args = parse_args()
-    try:
-        result = asyncio.run(run(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    result = run_benchmark(run(args))
     print(summary(result))
     print(json.dumps(result, sort_keys=True))
     correct = (

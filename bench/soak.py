@@ -31,6 +31,7 @@ from support.stack import (
     log_events,
     machine,
     open_stack,
+    run_benchmark,
     submit_all,
     upstream_requests,
     wait_terminal,
@@ -224,11 +225,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     args = parse_args()
-    try:
-        result = asyncio.run(run_all(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    result = run_benchmark(run_all(args))
     m = result["machine"]
     print(f"soak on {m['nproc']} x {m['cpu_model']}, Python {m['python']}, redis {m['redis']}, {m['date']}")
     for run in result["runs"]:

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +64,15 @@ atexit.register(_kill_children)
 # Python's own SIGINT handler even when started with SIGINT ignored (`cmd &` in a script), so that
 # asyncio.run turns Ctrl-C into a cancellation of the main task and every `finally` below runs.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def run_benchmark(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """asyncio.run(main); on Ctrl-C or SIGTERM say that everything it started was stopped, exit 130."""
+    try:
+        return asyncio.run(main)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def machine() -> dict[str, Any]:

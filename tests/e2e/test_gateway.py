@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
 
-from simulator.testing import RunningSimulator
 from tests.fixtures.simulator import wait_until
-from tests.fixtures.stack import TEST_KEYS, WorkerProcess, accounts_for, headers
+from tests.fixtures.stack import TEST_KEYS, Stack, headers
 
 # A 1x1 PNG: the smallest file every image check accepts.
 PNG = bytes.fromhex(
@@ -39,26 +37,22 @@ async def detail(client: TestClient[Any, Any], gen_id: str, key: str = TEST_KEYS
     return data
 
 
-async def test_create_runs_through_the_worker_to_a_completed_video(
-    api_client: TestClient[Any, Any],
-    simulator: RunningSimulator,
-    start_worker: Callable[..., WorkerProcess],
-) -> None:
+async def test_create_runs_through_the_worker_to_a_completed_video(stack: Stack) -> None:
     """A created generation is pending at once, then completed with a video URL that serves a file."""
-    start_worker(accounts_for(simulator, {"sim-1": 2}))
-    generation = await create(api_client, "A kitten in motion")
+    stack.start_worker(stack.pool({"sim-1": 2}))
+    generation = await create(stack.api, "A kitten in motion")
     assert generation["state"] == "pending"
     assert generation["video"] is None
 
     seen_states: list[str] = []
 
     async def completed() -> bool:
-        current = await detail(api_client, generation["id"])
+        current = await detail(stack.api, generation["id"])
         seen_states.append(current["state"])
         return bool(current["state"] == "completed")
 
     await wait_until(completed, within=20, interval=0.02)
-    final = await detail(api_client, generation["id"])
+    final = await detail(stack.api, generation["id"])
     assert final["id"] == generation["id"]
     assert final["prompt"] == "A kitten in motion"
     assert final["upstream_id"]
@@ -66,46 +60,38 @@ async def test_create_runs_through_the_worker_to_a_completed_video(
     async with aiohttp.ClientSession() as session, session.get(final["video"]["url"]) as video:
         assert video.status == 200
         assert len(await video.read()) > 0
-    [upstream] = simulator.state.generation_reports()
+    [upstream] = stack.simulator.state.generation_reports()
     assert upstream["prompt"] == "A kitten in motion"
     assert upstream["id"] == final["upstream_id"]
 
 
-async def test_reads_are_served_from_redis_without_calling_the_upstream(
-    api_client: TestClient[Any, Any],
-    simulator: RunningSimulator,
-    start_worker: Callable[..., WorkerProcess],
-) -> None:
+async def test_reads_are_served_from_redis_without_calling_the_upstream(stack: Stack) -> None:
     """Once the worker is gone, list, detail and usage still answer, and the upstream sees nothing."""
-    worker = start_worker(accounts_for(simulator, {"sim-1": 3}))
-    ids = [(await create(api_client, f"read test {n}"))["id"] for n in range(3)]
+    worker = stack.start_worker(stack.pool({"sim-1": 3}))
+    ids = [(await create(stack.api, f"read test {n}"))["id"] for n in range(3)]
 
     async def all_completed() -> bool:
-        return all([(await detail(api_client, gen_id))["state"] == "completed" for gen_id in ids])
+        return all([(await detail(stack.api, gen_id))["state"] == "completed" for gen_id in ids])
 
     await wait_until(all_completed, within=20)
     assert worker.terminate() == 0
-    simulator.state.clear_requests()
+    stack.simulator.state.clear_requests()
 
-    listed = await api_client.get("/api/generations?offset=0&limit=10", headers=headers())
+    listed = await stack.api.get("/api/generations?offset=0&limit=10", headers=headers())
     assert [item["id"] for item in (await listed.json())["data"]] == list(reversed(ids))
-    assert (await detail(api_client, ids[0]))["video"]["url"]
-    usage = await (await api_client.get("/api/generations/usage", headers=headers())).json()
+    assert (await detail(stack.api, ids[0]))["video"]["url"]
+    usage = await (await stack.api.get("/api/generations/usage", headers=headers())).json()
     assert usage["data"]["capacity"] == 150
     assert usage["data"]["available"] == 147
-    assert simulator.state.requests() == []
+    assert stack.simulator.state.requests() == []
 
 
-async def test_upload_puts_the_bytes_upstream_and_its_generation_runs_on_that_account(
-    api_client: TestClient[Any, Any],
-    simulator: RunningSimulator,
-    start_worker: Callable[..., WorkerProcess],
-) -> None:
+async def test_upload_puts_the_bytes_upstream_and_its_generation_runs_on_that_account(stack: Stack) -> None:
     """Upload answers once public_url serves our bytes; a create using it runs where the image is."""
-    start_worker(accounts_for(simulator, {"sim-1": 1, "sim-2": 1, "sim-3": 1}))
+    stack.start_worker(stack.pool({"sim-1": 1, "sim-2": 1, "sim-3": 1}))
     form = aiohttp.FormData()
     form.add_field("file", PNG, filename="cat.png", content_type="image/png")
-    response = await api_client.post("/api/generations/upload", data=form, headers=headers())
+    response = await stack.api.post("/api/generations/upload", data=form, headers=headers())
     assert response.status == 200, await response.text()
     uploaded = (await response.json())["data"]
     assert set(uploaded) >= {"id", "presigned_url", "public_url"}
@@ -113,14 +99,14 @@ async def test_upload_puts_the_bytes_upstream_and_its_generation_runs_on_that_ac
         assert image.status == 200
         assert await image.read() == PNG
 
-    holder = simulator.state.uploaded(uploaded["id"])
+    holder = stack.simulator.state.uploaded(uploaded["id"])
     assert holder is not None
-    generation = await create(api_client, "the cat, animated", image=uploaded["public_url"])
+    generation = await create(stack.api, "the cat, animated", image=uploaded["public_url"])
 
     async def completed() -> bool:
-        return bool((await detail(api_client, generation["id"]))["state"] == "completed")
+        return bool((await detail(stack.api, generation["id"]))["state"] == "completed")
 
     await wait_until(completed, within=20)
-    [upstream] = simulator.state.generation_reports()
+    [upstream] = stack.simulator.state.generation_reports()
     assert upstream["image_url"] == uploaded["public_url"]
     assert upstream["account"] == holder.account

@@ -44,11 +44,22 @@ async def create(
     return generation
 
 
+async def call(
+    session: aiohttp.ClientSession,
+    sim: RunningSimulator,
+    method: str,
+    path: str,
+    account: str = "sim-1",
+) -> Any:
+    """`method path` as the account's browser would send it; the JSON body of its 200 answer."""
+    async with session.request(method, sim.url + path, headers=browser_headers(sim, account)) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
 async def fetch(
     session: aiohttp.ClientSession, sim: RunningSimulator, generation_id: str, account: str = "sim-1"
 ) -> dict[str, Any]:
-    url = f"{sim.url}{PHOTON}/generations/{generation_id}"
-    async with session.get(url, headers=browser_headers(sim, account)) as response:
-        assert response.status == 200, await response.text()
-        generation: dict[str, Any] = await response.json()
-        return generation
+    path = f"{PHOTON}/generations/{generation_id}"
+    generation: dict[str, Any] = await call(session, sim, "GET", path, account)
+    return generation

@@ -8,25 +8,16 @@ import aiohttp
 import pytest
 
 from simulator.testing import RunningSimulator
-from tests.simulator.client import PHOTON, UPLOAD, browser_headers, create, fetch
+from tests.simulator.client import PHOTON, UPLOAD, browser_headers, call, create, fetch
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
-
-
-async def sign(
-    session: aiohttp.ClientSession, sim: RunningSimulator, account: str = "sim-1"
-) -> dict[str, Any]:
-    async with session.post(sim.url + UPLOAD, headers=browser_headers(sim, account)) as response:
-        assert response.status == 200, await response.text()
-        body: dict[str, Any] = await response.json()
-        return body
 
 
 async def test_sign_upload_returns_id_and_urls_on_the_simulator(
     simulator: RunningSimulator, simulator_session: aiohttp.ClientSession
 ) -> None:
     """file_upload answers {id, presigned_url, public_url}, both URLs on the simulator itself."""
-    signed = await sign(simulator_session, simulator)
+    signed = await call(simulator_session, simulator, "POST", UPLOAD)
     assert signed.keys() == {"id", "presigned_url", "public_url"}
     assert signed["presigned_url"].startswith(f"{simulator.url}/_storage/upload/{signed['id']}?")
     assert "X-Amz-Signature=" in signed["presigned_url"]
@@ -38,7 +29,7 @@ async def test_put_then_public_url_serves_the_same_bytes_and_type(
     simulator: RunningSimulator, simulator_session: aiohttp.ClientSession
 ) -> None:
     """Before the PUT public_url is 404; after it, it serves exactly the bytes and content type."""
-    signed = await sign(simulator_session, simulator)
+    signed = await call(simulator_session, simulator, "POST", UPLOAD)
     async with simulator_session.get(signed["public_url"]) as response:
         assert response.status == 404
     # No cookie on the PUT: the signature in the URL is the credential.
@@ -69,7 +60,7 @@ async def test_put_with_bad_signature_or_type_is_refused_and_stores_nothing(
     status: int,
 ) -> None:
     """A tampered signature answers 403, a non-image type 400, and the public URL stays 404."""
-    signed = await sign(simulator_session, simulator)
+    signed = await call(simulator_session, simulator, "POST", UPLOAD)
     async with simulator_session.put(
         mangle(signed["presigned_url"]), data=PNG, headers={"Content-Type": content_type}
     ) as response:
@@ -97,7 +88,7 @@ async def test_generation_from_image_never_uploaded_fails(
     simulator: RunningSimulator, simulator_session: aiohttp.ClientSession
 ) -> None:
     """An image_url whose bytes never reached the bucket cannot be fetched, so the generation fails."""
-    signed = await sign(simulator_session, simulator)
+    signed = await call(simulator_session, simulator, "POST", UPLOAD)
     generation = await create(simulator_session, simulator, image_url=signed["public_url"])
     assert simulator.state.generations[generation["id"]].outcome == "failed"
 
@@ -106,7 +97,7 @@ async def test_generation_from_image_of_another_account_is_counted(
     simulator: RunningSimulator, simulator_session: aiohttp.ClientSession
 ) -> None:
     """Using sim-2's upload on sim-1 works but is counted, since Luma wants the same account."""
-    signed = await sign(simulator_session, simulator, "sim-2")
+    signed = await call(simulator_session, simulator, "POST", UPLOAD, "sim-2")
     async with simulator_session.put(
         signed["presigned_url"], data=PNG, headers={"Content-Type": "image/png"}
     ) as response:

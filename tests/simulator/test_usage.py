@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 
 from simulator.testing import RunningSimulator
 from tests.fixtures.simulator import simulator_with
-from tests.simulator.client import CREATE, ME, USAGE, browser_headers, create
-
-
-async def usage(
-    session: aiohttp.ClientSession, sim: RunningSimulator, account: str = "sim-1"
-) -> dict[str, Any]:
-    async with session.get(sim.url + USAGE, headers=browser_headers(sim, account)) as response:
-        assert response.status == 200
-        body: dict[str, Any] = await response.json()
-        return body
+from tests.simulator.client import CREATE, ME, USAGE, browser_headers, call, create
 
 
 async def test_usage_has_counts_subscription_and_four_plans(
     simulator: RunningSimulator, simulator_session: aiohttp.ClientSession
 ) -> None:
     """Usage reports consumed/capacity/available, the subscription and the plan table."""
-    body = await usage(simulator_session, simulator)
+    body = await call(simulator_session, simulator, "GET", USAGE)
     assert (body["consumed"], body["capacity"], body["available"]) == (0, 150, 150)
     assert body["subscription"] == {"active": True, "plan": "standard", "type": "monthly"}
     assert [(p["name"], p["key"], p["capacity_per_month"]) for p in body["plans"]] == [
@@ -45,8 +34,8 @@ async def test_each_create_consumes_one_unit_of_its_own_account(
     await create(simulator_session, simulator)
     await create(simulator_session, simulator)
     mine, other = (
-        await usage(simulator_session, simulator),
-        await usage(simulator_session, simulator, "sim-2"),
+        await call(simulator_session, simulator, "GET", USAGE),
+        await call(simulator_session, simulator, "GET", USAGE, "sim-2"),
     )
     assert (mine["consumed"], mine["available"]) == (2, 148)
     assert (other["consumed"], other["available"]) == (0, 150)
@@ -59,7 +48,7 @@ async def test_create_when_spent_is_403_limit_exceeded_and_creates_nothing(
     """At available 0 create answers 403 Maximum usage limit exceeded and is counted as rejected."""
     await create(simulator_session, simulator)
     await create(simulator_session, simulator)
-    assert (await usage(simulator_session, simulator))["available"] == 0
+    assert (await call(simulator_session, simulator, "GET", USAGE))["available"] == 0
     async with simulator_session.post(
         simulator.url + CREATE, json={"user_prompt": "one too many"}, headers=browser_headers(simulator)
     ) as response:
@@ -78,7 +67,7 @@ async def test_capacity_control_call_changes_usage_and_plan(
         simulator.url + "/_sim/accounts/sim-1/capacity", json={"capacity": 430, "consumed": 400}
     ) as response:
         assert response.status == 200
-    body = await usage(simulator_session, simulator)
+    body = await call(simulator_session, simulator, "GET", USAGE)
     assert (body["consumed"], body["capacity"], body["available"]) == (400, 430, 30)
     assert body["subscription"]["plan"] == "pro"
 
