@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from redis.asyncio import Redis
 
 from api import handlers, webhooks
 from api.appkeys import ARQ, EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE, WEBHOOKS
@@ -19,13 +18,11 @@ from shared.accounts import AccountRegistry
 from shared.events import EventLog
 from shared.logs import configure_logging
 from shared.queue import create_arq_pool
-from shared.redisconn import redacted_url
+from shared.redisconn import redacted_url, redis_client
 from shared.settings import Settings
 from shared.store import generation_store
 from shared.webhooks import webhook_store
 
-# A Redis that stops answering must turn into a 503, not a request that hangs.
-REDIS_TIMEOUT_SECONDS = 5.0
 # Multipart framing around an upload, so aiohttp's own limit never fires before ours (which
 # streams and stops early); it still bounds JSON bodies.
 CLIENT_MAX_SIZE_MARGIN = 64 * 1024
@@ -38,12 +35,7 @@ log = structlog.get_logger("api")
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     """Decoded-string client for the store and the account registry."""
     settings = app[SETTINGS]
-    client = Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=REDIS_TIMEOUT_SECONDS,
-        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-    )
+    client = redis_client(settings)
     app[REDIS] = client
     app[STORE] = generation_store(client, settings)
     app[REGISTRY] = AccountRegistry(client)
@@ -64,7 +56,7 @@ async def _event_hub(app: web.Application) -> AsyncIterator[None]:
 
 async def _arq(app: web.Application) -> AsyncIterator[None]:
     """arq's pool (bytes replies): upload jobs and the uploaded bytes."""
-    pool = await create_arq_pool(app[SETTINGS].redis_url)
+    pool = create_arq_pool(app[SETTINGS])
     app[ARQ] = pool
     yield
     await pool.aclose()

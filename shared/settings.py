@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.cookies import normalize_cookie
 
 LUMA_WEB_API = "https://internal-api.virginia.labs.lumalabs.ai"
+# Room between a blocking Redis call's own timeout and the socket timeout: the round trip and a
+# busy event loop must not turn a blocking call's normal end into a socket timeout.
+BLOCKING_CALL_MARGIN_SECONDS = 0.5
 
 
 class AccountConfig(BaseModel):
@@ -30,6 +33,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # How long any Redis call may go unanswered before it fails (and the api answers 503): a
+    # frozen or cut-off Redis is a fast error, not a hang. Blocking calls must end well within it.
+    redis_socket_timeout_seconds: float = Field(default=2.0, gt=0)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 
@@ -142,6 +148,18 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _blocking_calls_end_within_the_socket_timeout(self) -> Settings:
+        # The dispatcher's BLPOP waits dispatch_idle_seconds for a wake-up; were that as long as
+        # the socket timeout, every idle wait would end as a Redis timeout instead of an answer.
+        if self.dispatch_idle_seconds + BLOCKING_CALL_MARGIN_SECONDS > self.redis_socket_timeout_seconds:
+            raise ValueError(
+                f"DISPATCH_IDLE_SECONDS ({self.dispatch_idle_seconds:g}) must be at least "
+                f"{BLOCKING_CALL_MARGIN_SECONDS:g} s below REDIS_SOCKET_TIMEOUT_SECONDS "
+                f"({self.redis_socket_timeout_seconds:g}): the dispatcher blocks on Redis that long"
+            )
+        return self
 
     def accounts(self) -> list[AccountConfig]:
         """Every configured account, ACCESS_TOKEN first as the seed's `default` account."""

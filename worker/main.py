@@ -11,7 +11,6 @@ from typing import Any
 
 import structlog
 from arq import Worker, func
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -20,7 +19,8 @@ from shared.accounts import AccountRegistry
 from shared.events import EventLog
 from shared.health import AccountHealth
 from shared.logs import configure_logging
-from shared.queue import SUBMIT_JOB, UPLOAD_JOB, deserialize_job, redis_settings, serialize_job
+from shared.queue import SUBMIT_JOB, UPLOAD_JOB, create_arq_pool, deserialize_job, serialize_job
+from shared.redisconn import redis_client
 from shared.settings import Settings
 from shared.store import generation_store
 from worker.context import Deps, deps_of
@@ -45,7 +45,7 @@ NO_ACCOUNT_MESSAGE = (
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings)
     health = AccountHealth(
         redis,
         breaker_failures=settings.breaker_failures,
@@ -128,7 +128,7 @@ def build_worker(settings: Settings) -> Worker:
                 upload, name=UPLOAD_JOB, timeout=settings.upload_timeout_seconds, keep_result=300, max_tries=3
             ),
         ],
-        redis_settings=redis_settings(settings.redis_url),
+        redis_pool=create_arq_pool(settings),
         queue_name=keys.ARQ_QUEUE,
         ctx={"settings": settings},
         on_startup=startup,
@@ -145,7 +145,7 @@ def build_worker(settings: Settings) -> Worker:
 
 
 async def _registry_has_accounts(settings: Settings) -> bool:
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings)
     try:
         return bool(await AccountRegistry(redis).names())
     finally:

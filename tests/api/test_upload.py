@@ -16,6 +16,7 @@ from arq.worker import Worker, func
 from shared import keys
 from shared.models import UploadResult
 from shared.queue import UPLOAD_JOB, create_arq_pool, deserialize_job, serialize_job
+from shared.settings import Settings
 from tests.api.conftest import KEY_A, ApiClient, MakeApi, auth, redis_state
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x10JFIF" + b"\x00" * 200
@@ -50,7 +51,7 @@ async def start_worker(redis_url: str) -> AsyncIterator[StartWorker]:
     async def start(job: UploadJob) -> None:
         worker = Worker(
             functions=[func(job, name=UPLOAD_JOB)],  # type: ignore[arg-type]
-            redis_pool=await create_arq_pool(redis_url),
+            redis_pool=create_arq_pool(Settings(_env_file=None, redis_url=redis_url)),
             queue_name=keys.ARQ_QUEUE,
             job_serializer=serialize_job,
             job_deserializer=deserialize_job,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cli.redis_server import RedisServer
 from shared.models import FailureReason
 from simulator.config import AccountSpec
+from simulator.testing import RunningSimulator
 from tests.e2e.helpers import create_many, creates_per_prompt, records, wait_all_terminal
 from tests.fixtures.simulator import simulator_with, wait_until
-from tests.fixtures.stack import Stack, headers
+from tests.fixtures.stack import FAST_WORKER_SETTINGS, Stack, headers, open_stack
 
 # Short job timeouts so arq hands a dead worker's job to another within seconds.
 CRASH_SETTINGS = {"SUBMIT_JOB_TIMEOUT_SECONDS": 2, "UPLOAD_TIMEOUT_SECONDS": 2}
@@ -106,6 +109,61 @@ async def test_redis_killed_and_restarted_mid_run_loses_no_accepted_generation(
     assert settled(found), [(r.state, r.failure_message) for r in found if r.state != "completed"]
     assert all(count == 1 for count in creates_per_prompt(stack.simulator).values())
     assert "while redis is down" not in creates_per_prompt(stack.simulator)
+
+
+# A short socket timeout keeps the frozen-Redis test quick; the bound on an answer is generous
+# (twice the timeout, plus room for a busy machine): a sanity limit, not a measurement.
+FROZEN_TIMEOUT_SECONDS = 1.0
+FROZEN_ANSWER_WITHIN_SECONDS = 2 * FROZEN_TIMEOUT_SECONDS + 2.0
+
+
+@simulator_with(pending_seconds=0.05, processing_seconds=0.3)
+async def test_a_frozen_redis_is_a_fast_503_and_service_resumes_when_it_thaws(
+    fresh_redis_server: RedisServer, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """SIGSTOP redis-server: each request is a prompt 503; after SIGCONT the same worker completes work."""
+    async with open_stack(
+        simulator,
+        fresh_redis_server.url,
+        tmp_path,
+        REDIS_SOCKET_TIMEOUT_SECONDS=FROZEN_TIMEOUT_SECONDS,
+        DISPATCH_IDLE_SECONDS=FAST_WORKER_SETTINGS["DISPATCH_IDLE_SECONDS"],
+    ) as stack:
+        worker = stack.start_worker(stack.pool({"sim-1": 2}))
+        [before] = await create_many(stack.api, ["before the freeze"])
+        [record] = await wait_all_terminal(stack.redis, [before], within=30)
+        assert record.state == "completed"
+        noticed_before = len(worker.events(*REDIS_UNAVAILABLE_EVENTS))
+
+        fresh_redis_server.freeze()
+        try:
+            for method, path, body in [
+                ("POST", "/api/generations/create", {"prompt": "while redis is frozen"}),
+                ("GET", f"/api/generations/{before}", None),
+                ("GET", "/api/generations", None),
+                ("GET", "/api/generations/usage", None),
+                ("GET", "/healthz", None),
+            ]:
+                started = time.monotonic()
+                response = await stack.api.request(method, path, json=body, headers=headers())
+                took = time.monotonic() - started
+                assert response.status == 503, path
+                assert (await response.json())["code"] == "redis_unavailable", path
+                assert took < FROZEN_ANSWER_WITHIN_SECONDS, (path, took)
+
+            # The worker meets the freeze as a timeout, not a call that never returns.
+            def worker_noticed() -> bool:
+                return len(worker.events(*REDIS_UNAVAILABLE_EVENTS)) > noticed_before
+
+            await wait_until(worker_noticed, within=30, interval=0.1)
+        finally:
+            fresh_redis_server.thaw()
+
+        [after] = await create_many(stack.api, ["after the thaw"])
+        [record] = await wait_all_terminal(stack.redis, [after], within=60)
+        assert record.state == "completed"
+        assert worker.process.poll() is None, "the worker that lived through the freeze did the work"
+        assert "while redis is frozen" not in creates_per_prompt(stack.simulator)
 
 
 @simulator_with(pending_seconds=0.05, processing_seconds=0.3)

@@ -1,10 +1,19 @@
-"""Connecting to Redis: how its address is shown."""
+"""Connecting to Redis: timeouts that keep cancellation working, and how an address is shown."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import random
+from typing import Any
 
-from shared.redisconn import redacted_url
+import pytest
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from cli.redis_server import RedisServer
+from shared.redisconn import redacted_url, redis_client
+from shared.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -21,3 +30,59 @@ def test_redacted_url_hides_the_password_and_keeps_the_rest(url: str, shown: str
     """User, host, port, database and options stay readable; the password never appears."""
     assert redacted_url(url) == shown
     assert "s3cret" not in redacted_url(url)
+
+
+def settings_for(redis_url: str, **fields: Any) -> Settings:
+    return Settings(_env_file=None, redis_url=redis_url, **fields)
+
+
+async def _busy(client: Redis, stop: asyncio.Event) -> None:
+    """What a worker's loop does to Redis: single commands and a transaction, over and over."""
+    while not stop.is_set():
+        await client.zrangebyscore("queue", min=float("-inf"), max=1, start=0, num=10)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.zrange("aborted", 0, -1)
+            pipe.zremrangebyscore("aborted", min=1, max=2)
+            await pipe.execute()
+        await client.psetex("health", 1000, "ok")
+
+
+async def test_a_task_cancelled_in_the_middle_of_commands_always_ends(redis_url: str) -> None:
+    """Cancelled at any moment, a task using our client stops; redis-py's own write timeout loses some."""
+    rng = random.Random(7)
+    settings = settings_for(redis_url)
+    for attempt in range(150):
+        client = redis_client(settings)
+        stop = asyncio.Event()
+        task = asyncio.create_task(_busy(client, stop))
+        await asyncio.sleep(rng.uniform(0.001, 0.01))
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2)
+        stop.set()  # a task that ignored its cancellation ends at its next round
+        await asyncio.wait([task], timeout=2)
+        await client.aclose()
+        assert done, f"attempt {attempt}: the cancelled task went on running"
+
+
+async def test_a_frozen_redis_is_a_redis_timeout_error_not_a_hang(fresh_redis_server: RedisServer) -> None:
+    """With the server stopped (SIGSTOP), a command fails with redis-py's TimeoutError, as the api expects."""
+    client = redis_client(
+        settings_for(fresh_redis_server.url, redis_socket_timeout_seconds=1, dispatch_idle_seconds=0.2)
+    )
+    try:
+        await client.set("before", "1")
+        fresh_redis_server.freeze()
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(client.set("during", "1"), timeout=30)
+        fresh_redis_server.thaw()
+        assert await client.get("before") == "1"
+    finally:
+        fresh_redis_server.thaw()
+        await client.aclose()
+
+
+def test_the_dispatchers_blocking_wait_must_fit_in_the_socket_timeout() -> None:
+    """A DISPATCH_IDLE_SECONDS the socket timeout would cut is refused when settings are read."""
+    with pytest.raises(ValidationError, match="DISPATCH_IDLE_SECONDS"):
+        Settings(_env_file=None, dispatch_idle_seconds=2, redis_socket_timeout_seconds=2)
+    assert Settings(_env_file=None, dispatch_idle_seconds=1.5, redis_socket_timeout_seconds=2)
