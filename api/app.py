@@ -111,7 +111,11 @@ def run(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_json)
     warn_if_open(settings)
     log.info(
-        "api starting", host=settings.api_host, port=settings.api_port, redis=redacted_url(settings.redis_url)
+        "api starting",
+        host=settings.api_host,
+        port=settings.api_port,
+        redis=redacted_url(settings.redis_url),
+        sentinels=",".join(f"{host}:{port}" for host, port in settings.redis_sentinels) or None,
     )
     web.run_app(
         create_app(settings),

@@ -180,6 +180,11 @@ class NoAccountAvailable(ServiceUnavailable):
     default_message = "no Luma account can take work now; nothing was stored"
 
 
+class ReplicationUnconfirmed(ServiceUnavailable):
+    code = "replication_unconfirmed"
+    default_message = "the write reached the primary Redis but not enough replicas in time"
+
+
 class UploadTimeout(ApiError):
     status = 504
     code = "upload_timeout"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from api.appkeys import SETTINGS, STORE
+from api.appkeys import REDIS, SETTINGS, STORE
 from api.auth import Caller
 from api.errors import (
     CallbackNotAllowed,
@@ -27,6 +27,7 @@ from api.errors import (
     QueueFullError,
     RateLimitedError,
 )
+from api.replication import confirm_replicated
 from shared import netguard
 from shared.models import CreateRequest, GenerationRecord, new_id
 from shared.settings import Settings
@@ -142,6 +143,7 @@ async def submit(
         ) from None
     except IdempotencyKeyReused:
         raise IdempotencyKeyReusedError from None
+    await confirm_replicated(app[REDIS], settings, enqueued.ids)
     if enqueued.replayed:
         # The originals, as they stand now.
         records = await app[STORE].get_many(enqueued.ids)

@@ -4,6 +4,7 @@
     server.url                                   # redis://127.0.0.1:PORT/0
     server.kill(); server.start()                # a crash and a restart with what the AOF kept
     server.freeze(); server.thaw()               # SIGSTOP / SIGCONT: a Redis that stops answering
+    SentinelServer(directory, primary.port, ...) # a `redis-server --sentinel` watching a primary
 
 `command()` is the argv alone, for a caller that runs its children its own way (`luma-queue dev`
 pipes every child's output to the terminal).
@@ -15,8 +16,9 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -26,6 +28,10 @@ INSTALL_HINT = "Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew in
 START_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 10.0
 PING_EVERY_SECONDS = 0.02
+SENTINEL_CONFIG = "sentinel.conf"
+
+
+ServerT = TypeVar("ServerT", bound="RedisServer")
 
 
 class RedisServerError(RuntimeError):
@@ -64,6 +70,19 @@ def command(port: int, directory: Path, *, persistent: bool = True, extra: Seque
     ]  # fmt: skip
 
 
+def start_on_a_free_port(make: Callable[[], ServerT], attempts: int = 3) -> ServerT:
+    """`make()` a server (on a free port of its choosing) and start it, again if the port was taken."""
+    for attempt in range(attempts):
+        server = make()
+        try:
+            server.start()
+            return server
+        except RedisServerError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 class RedisServer:
     """One `redis-server` process on 127.0.0.1, its output in `directory/redis.log`.
 
@@ -99,18 +118,11 @@ class RedisServer:
         persistent: bool = True,
         extra: Sequence[str] = (),
         own_session: bool = False,
-        attempts: int = 3,
     ) -> RedisServer:
         """A running server on a free port; another port is tried if one was taken in the meantime."""
-        for attempt in range(attempts):
-            server = cls(directory, persistent=persistent, extra=extra, own_session=own_session)
-            try:
-                server.start()
-                return server
-            except RedisServerError:
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return start_on_a_free_port(
+            lambda: cls(directory, persistent=persistent, extra=extra, own_session=own_session)
+        )
 
     @property
     def url(self) -> str:
@@ -215,3 +227,59 @@ class RedisServer:
                 time.sleep(PING_EVERY_SECONDS)
         finally:
             client.close()
+
+
+class SentinelServer(RedisServer):
+    """One `redis-server --sentinel` on 127.0.0.1 watching the primary `primary_port` as `master`.
+
+    `down_after_ms` and `failover_timeout_ms` are Sentinel's own knobs: how long the primary may
+    be silent before it counts as down, and how long one failover attempt may take. The config file
+    is written once, on the first start; Sentinel rewrites it with what it learns.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        primary_port: int,
+        *,
+        master: str = "mymaster",
+        quorum: int = 2,
+        down_after_ms: int = 30_000,
+        failover_timeout_ms: int = 180_000,
+        port: int | None = None,
+    ) -> None:
+        super().__init__(directory, port)
+        self.primary_port = primary_port
+        self.master = master
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def argv(self) -> list[str]:
+        config = self.directory / SENTINEL_CONFIG
+        if not config.exists():
+            config.write_text(
+                "\n".join(
+                    [
+                        f"port {self.port}",
+                        "bind 127.0.0.1",
+                        f"dir {self.directory}",
+                        'logfile ""',
+                        "daemonize no",
+                        f"sentinel monitor {self.master} 127.0.0.1 {self.primary_port} {self.quorum}",
+                        f"sentinel down-after-milliseconds {self.master} {self.down_after_ms}",
+                        f"sentinel failover-timeout {self.master} {self.failover_timeout_ms}",
+                        f"sentinel parallel-syncs {self.master} 1",
+                        "",
+                    ]
+                )
+            )
+        return [executable(), str(config), "--sentinel"]

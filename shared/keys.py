@@ -54,6 +54,7 @@ Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     stats:gen-seconds        string  measured recent generation time (EWMA), for estimates
     fence                    string  fencing token counter for create intents
     dispatch:seq             string  counts claims: the global order in which generations start
+    replication:probe        string  written before a WAIT, so the WAIT covers the writes before it
 
 arq's own keys live under its `arq:` prefix; our jobs go to the queue ARQ_QUEUE below.
 """
@@ -77,6 +78,7 @@ ACCOUNTS = PREFIX + "accounts"
 GEN_SECONDS = PREFIX + "stats:gen-seconds"
 FENCE = PREFIX + "fence"
 DISPATCH_SEQ = PREFIX + "dispatch:seq"
+REPLICATION_PROBE = PREFIX + "replication:probe"
 SWEEP_LOCK = PREFIX + "lock:sweep"
 DEADLINES_LOCK = PREFIX + "lock:deadlines"
 EVENTS = PREFIX + "events"

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.settings import Settings
@@ -70,13 +71,44 @@ def connection_options(settings: Settings) -> dict[str, Any]:
 
 
 def build_client(settings: Settings, redis_class: type[RedisT], *, decode_responses: bool) -> RedisT:
-    """A `redis_class` client on the Redis that `settings` name. Nothing connects until first use."""
-    client: RedisT = redis_class.from_url(
-        settings.redis_url, decode_responses=decode_responses, **connection_options(settings)
-    )
+    """A `redis_class` client on the Redis that `settings` name. Nothing connects until first use.
+
+    With REDIS_SENTINELS it is a client of whichever Redis the sentinels call the primary: each new
+    connection asks them, and one still open to a primary that was demoted fails once (READONLY,
+    as a ConnectionError) and is replaced.
+    """
+    client: RedisT
+    if settings.redis_sentinels:
+        sentinel = sentinels(settings)
+        client = sentinel.master_for(
+            settings.redis_sentinel_master, redis_class=redis_class, decode_responses=decode_responses
+        )
+    else:
+        client = redis_class.from_url(
+            settings.redis_url, decode_responses=decode_responses, **connection_options(settings)
+        )
     pool = client.connection_pool
     pool.connection_class = cancellable(pool.connection_class)
     return client
+
+
+def sentinels(settings: Settings) -> Sentinel:
+    """The REDIS_SENTINELS, asked with our timeouts; the primary's database and password from REDIS_URL."""
+    url = urllib.parse.urlsplit(settings.redis_url)
+    options = connection_options(settings)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves Sentinel untyped
+        settings.redis_sentinels,
+        # The sentinels themselves: same socket timeouts, none of the primary's credentials.
+        sentinel_kwargs={name: value for name, value in options.items() if name.startswith("socket_")},
+        db=int(url.path.lstrip("/") or 0),
+        username=urllib.parse.unquote(url.username) if url.username else None,
+        password=urllib.parse.unquote(url.password) if url.password else None,
+        ssl=url.scheme == "rediss",
+        **options,
+    )
+    for client in sentinel.sentinels:
+        client.connection_pool.connection_class = cancellable(client.connection_pool.connection_class)
+    return sentinel
 
 
 def redis_client(settings: Settings, *, decode_responses: bool = True) -> Redis:

@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     # How long any Redis call may go unanswered before it fails (and the api answers 503): a
     # frozen or cut-off Redis is a fast error, not a hang. Blocking calls must end well within it.
     redis_socket_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Redis Sentinel, comma-separated host:port: when set, every process asks these sentinels which
+    # Redis is the primary of REDIS_SENTINEL_MASTER (and follows a failover); REDIS_URL then gives
+    # only the database number and password.
+    redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = Field(default="mymaster", min_length=1)
+    # A create answers 2xx only once this many replicas have its write (Redis WAIT), so a failover
+    # right after cannot lose it; 0 = do not wait. REDIS_REPLICA_ACK_TIMEOUT_SECONDS bounds the wait.
+    redis_min_replicas_acked: int = Field(default=0, ge=0)
+    redis_replica_ack_timeout_seconds: float = Field(default=1.0, gt=0)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 
@@ -149,16 +158,35 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        addresses = []
+        for entry in (part.strip() for part in value.split(",")):
+            if not entry:
+                continue
+            host, sep, port = entry.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{entry!r} is not host:port")
+            addresses.append((host.strip("[]"), int(port)))
+        return addresses
+
     @model_validator(mode="after")
     def _blocking_calls_end_within_the_socket_timeout(self) -> Settings:
-        # The dispatcher's BLPOP waits dispatch_idle_seconds for a wake-up; were that as long as
-        # the socket timeout, every idle wait would end as a Redis timeout instead of an answer.
-        if self.dispatch_idle_seconds + BLOCKING_CALL_MARGIN_SECONDS > self.redis_socket_timeout_seconds:
-            raise ValueError(
-                f"DISPATCH_IDLE_SECONDS ({self.dispatch_idle_seconds:g}) must be at least "
-                f"{BLOCKING_CALL_MARGIN_SECONDS:g} s below REDIS_SOCKET_TIMEOUT_SECONDS "
-                f"({self.redis_socket_timeout_seconds:g}): the dispatcher blocks on Redis that long"
-            )
+        # The dispatcher's BLPOP and the create's WAIT block on Redis for their own timeout; were
+        # that as long as the socket timeout, their normal end would be cut off as a Redis timeout.
+        blocking = [("DISPATCH_IDLE_SECONDS", self.dispatch_idle_seconds)]
+        if self.redis_min_replicas_acked:
+            blocking.append(("REDIS_REPLICA_ACK_TIMEOUT_SECONDS", self.redis_replica_ack_timeout_seconds))
+        for name, seconds in blocking:
+            if seconds + BLOCKING_CALL_MARGIN_SECONDS > self.redis_socket_timeout_seconds:
+                raise ValueError(
+                    f"{name} ({seconds:g}) must be at least {BLOCKING_CALL_MARGIN_SECONDS:g} s below "
+                    f"REDIS_SOCKET_TIMEOUT_SECONDS ({self.redis_socket_timeout_seconds:g}): "
+                    "a call blocks on Redis that long"
+                )
         return self
 
     def accounts(self) -> list[AccountConfig]:

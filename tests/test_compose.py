@@ -89,3 +89,35 @@ def test_app_services_run_the_luma_queue_image(services: dict[str, Any]) -> None
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile
     assert 'ENTRYPOINT ["luma-queue"]' in dockerfile
+
+
+def test_the_ha_profile_adds_a_replica_and_three_sentinels_watching_redis(services: dict[str, Any]) -> None:
+    """`--profile ha`: a durable replica of redis and three sentinels (quorum 2) that monitor it."""
+    replica = services["redis-replica"]
+    assert replica["profiles"] == ["ha"]
+    command = _command(replica)
+    assert command[command.index("--replicaof") + 1 : command.index("--replicaof") + 3] == ["redis", "6379"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    sentinels = [name for name in services if name.startswith("sentinel-")]
+    assert len(sentinels) == 3
+    for name in sentinels:
+        sentinel = services[name]
+        assert sentinel["profiles"] == ["ha"], name
+        script = " ".join(_command(sentinel))
+        assert "sentinel monitor mymaster redis 6379 2" in script, name
+        assert "--sentinel" in script and "port 26379" in script, name
+    # Without the profile nothing changes: the app services start on the plain Redis.
+    for name in ("redis", *APP_SERVICES):
+        assert "profiles" not in services[name], name
+
+
+def test_api_and_worker_take_the_sentinel_settings_from_the_environment(services: dict[str, Any]) -> None:
+    """REDIS_SENTINELS and REDIS_MIN_REPLICAS_ACKED pass through to both, empty and 0 unless set."""
+    for name in ("api", "worker"):
+        environment = services[name]["environment"]
+        assert environment["REDIS_SENTINELS"] == "${REDIS_SENTINELS:-}", name
+        assert environment["REDIS_MIN_REPLICAS_ACKED"] == "${REDIS_MIN_REPLICAS_ACKED:-0}", name
+    # What the ha profile's README line sets must be something Settings accepts.
+    settings = Settings(_env_file=None, redis_sentinels="sentinel-1:26379,sentinel-2:26379,sentinel-3:26379")
+    assert [host for host, _ in settings.redis_sentinels] == ["sentinel-1", "sentinel-2", "sentinel-3"]

@@ -86,3 +86,24 @@ def test_the_dispatchers_blocking_wait_must_fit_in_the_socket_timeout() -> None:
     with pytest.raises(ValidationError, match="DISPATCH_IDLE_SECONDS"):
         Settings(_env_file=None, dispatch_idle_seconds=2, redis_socket_timeout_seconds=2)
     assert Settings(_env_file=None, dispatch_idle_seconds=1.5, redis_socket_timeout_seconds=2)
+
+
+def test_sentinels_are_read_as_host_port_pairs() -> None:
+    """REDIS_SENTINELS is comma-separated host:port; a bracketed IPv6 host loses its brackets."""
+    settings = Settings(_env_file=None, redis_sentinels="10.0.0.1:26379, sentinel-b:26380,[::1]:26381")
+    assert settings.redis_sentinels == [("10.0.0.1", 26379), ("sentinel-b", 26380), ("::1", 26381)]
+    assert Settings(_env_file=None).redis_sentinels == []
+
+
+@pytest.mark.parametrize("value", ["sentinel-a", "sentinel-a:port", ":26379"])
+def test_a_sentinel_without_a_port_is_refused(value: str) -> None:
+    """A sentinel address that is not host:port stops the process at start, naming the entry."""
+    with pytest.raises(ValidationError, match="host:port"):
+        Settings(_env_file=None, redis_sentinels=value)
+
+
+def test_a_replica_wait_the_socket_timeout_would_cut_is_refused() -> None:
+    """With REDIS_MIN_REPLICAS_ACKED set, the WAIT's own timeout must fit in the socket timeout too."""
+    with pytest.raises(ValidationError, match="REDIS_REPLICA_ACK_TIMEOUT_SECONDS"):
+        Settings(_env_file=None, redis_min_replicas_acked=1, redis_replica_ack_timeout_seconds=2)
+    assert Settings(_env_file=None, redis_min_replicas_acked=0, redis_replica_ack_timeout_seconds=2)
