@@ -19,6 +19,9 @@ from pydantic import ValidationError
 
 log = structlog.get_logger("api")
 
+# Requests that change nothing, so a Redis timeout during one leaves nothing half done.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 class ApiError(Exception):
     """An error with an HTTP status and a machine-readable code; `detail` joins the JSON body."""
@@ -173,6 +176,11 @@ class ServiceUnavailable(ApiError):
 class RedisUnavailable(ServiceUnavailable):
     code = "redis_unavailable"
     default_message = "the queue's storage (Redis) is unavailable; nothing was changed, try again shortly"
+    # A write that timed out was sent: a Redis that was only slow or frozen carries it out later.
+    outcome_unknown = (
+        "the queue's storage (Redis) did not answer in time, so this request may or may not have "
+        "taken effect; try again shortly (a create retried with the same Idempotency-Key is made once)"
+    )
 
 
 class NoAccountAvailable(ServiceUnavailable):
@@ -266,6 +274,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:
         if _redis_unavailable(exc):
             log.warning("redis unavailable", error=f"{type(exc).__name__}: {exc}")
-            return render(RedisUnavailable())
+            unsure = isinstance(exc, redis.exceptions.TimeoutError) and request.method not in SAFE_METHODS
+            return render(RedisUnavailable(RedisUnavailable.outcome_unknown if unsure else None))
         log.exception("unhandled error", method=request.method, path=request.path)
         return render(InternalError("internal error; the X-Request-ID header identifies it in our logs"))

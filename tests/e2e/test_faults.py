@@ -111,9 +111,10 @@ async def test_redis_killed_and_restarted_mid_run_loses_no_accepted_generation(
     assert "while redis is down" not in creates_per_prompt(stack.simulator)
 
 
-# A short socket timeout keeps the frozen-Redis test quick; the bound on an answer is generous
-# (twice the timeout, plus room for a busy machine): a sanity limit, not a measurement.
-FROZEN_TIMEOUT_SECONDS = 1.0
+# The shortest socket timeout the blocking calls allow keeps the frozen-Redis test quick; the bound
+# on an answer is generous (twice the timeout, plus room for a busy machine): a sanity limit, not a
+# measurement.
+FROZEN_TIMEOUT_SECONDS = 1.5
 FROZEN_ANSWER_WITHIN_SECONDS = 2 * FROZEN_TIMEOUT_SECONDS + 2.0
 
 
@@ -147,9 +148,13 @@ async def test_a_frozen_redis_is_a_fast_503_and_service_resumes_when_it_thaws(
                 started = time.monotonic()
                 response = await stack.api.request(method, path, json=body, headers=headers())
                 took = time.monotonic() - started
+                answer = await response.json()
                 assert response.status == 503, path
-                assert (await response.json())["code"] == "redis_unavailable", path
+                assert answer["code"] == "redis_unavailable", path
                 assert took < FROZEN_ANSWER_WITHIN_SECONDS, (path, took)
+                if method == "POST":
+                    # Its command was sent before the timeout: a thawed Redis may still carry it out.
+                    assert "may or may not have taken effect" in answer["message"]
 
             # The worker meets the freeze as a timeout, not a call that never returns.
             def worker_noticed() -> bool:
@@ -163,7 +168,7 @@ async def test_a_frozen_redis_is_a_fast_503_and_service_resumes_when_it_thaws(
         [record] = await wait_all_terminal(stack.redis, [after], within=60)
         assert record.state == "completed"
         assert worker.process.poll() is None, "the worker that lived through the freeze did the work"
-        assert "while redis is frozen" not in creates_per_prompt(stack.simulator)
+        assert all(count == 1 for count in creates_per_prompt(stack.simulator).values())
 
 
 @simulator_with(pending_seconds=0.05, processing_seconds=0.3)

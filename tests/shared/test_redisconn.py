@@ -67,7 +67,7 @@ async def test_a_task_cancelled_in_the_middle_of_commands_always_ends(redis_url:
 async def test_a_frozen_redis_is_a_redis_timeout_error_not_a_hang(fresh_redis_server: RedisServer) -> None:
     """With the server stopped (SIGSTOP), a command fails with redis-py's TimeoutError, as the api expects."""
     client = redis_client(
-        settings_for(fresh_redis_server.url, redis_socket_timeout_seconds=1, dispatch_idle_seconds=0.2)
+        settings_for(fresh_redis_server.url, redis_socket_timeout_seconds=1.5, dispatch_idle_seconds=0.2)
     )
     try:
         await client.set("before", "1")
@@ -100,6 +100,12 @@ def test_a_sentinel_without_a_port_is_refused(value: str) -> None:
     """A sentinel address that is not host:port stops the process at start, naming the entry."""
     with pytest.raises(ValidationError, match="host:port"):
         Settings(_env_file=None, redis_sentinels=value)
+
+
+def test_a_socket_timeout_that_would_cut_the_event_tail_is_refused() -> None:
+    """The api's event tail blocks 1 s in XREAD, so a shorter socket timeout is refused at start."""
+    with pytest.raises(ValidationError, match="event tail"):
+        Settings(_env_file=None, dispatch_idle_seconds=0.2, redis_socket_timeout_seconds=1.2)
 
 
 def test_a_replica_wait_the_socket_timeout_would_cut_is_refused() -> None:
