@@ -27,13 +27,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.events import GenerationEvent, parse_entry
-from shared.settings import EVENT_TAIL_BLOCK_SECONDS
+from shared.settings import EVENT_LOG_BLOCK_SECONDS
 from shared.store import GenerationStore, views
 
 log = structlog.get_logger("api")
 
 # How long one XREAD waits before it asks again: below every client's socket timeout (settings check).
-BLOCK_MS = round(EVENT_TAIL_BLOCK_SECONDS * 1000)
+BLOCK_MS = round(EVENT_LOG_BLOCK_SECONDS * 1000)
 # Events a slow stream may lag behind before it is closed (it resumes with Last-Event-ID).
 STREAM_BUFFER = 1000
 REPLAY_PAGE = 500

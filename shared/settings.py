@@ -13,9 +13,9 @@ LUMA_WEB_API = "https://internal-api.virginia.labs.lumalabs.ai"
 # Room between a blocking Redis call's own timeout and the socket timeout: the round trip and a
 # busy event loop must not turn a blocking call's normal end into a socket timeout.
 BLOCKING_CALL_MARGIN_SECONDS = 0.5
-# How long the api's tail of the event log blocks in one XREAD (api/events.py): fixed, so the
-# socket timeout must leave it room like the other blocking calls.
-EVENT_TAIL_BLOCK_SECONDS = 1.0
+# How long a reader of the event log (the api's live tail, a worker's webhook consumer) blocks
+# in one XREAD: fixed, so the socket timeout must leave it room like the other blocking calls.
+EVENT_LOG_BLOCK_SECONDS = 1.0
 
 
 class AccountConfig(BaseModel):
@@ -178,12 +178,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _blocking_calls_end_within_the_socket_timeout(self) -> Settings:
-        # The dispatcher's BLPOP, the api's event tail (XREAD) and the create's WAIT block on Redis
+        # The dispatcher's BLPOP, the event log's readers (XREAD) and the create's WAIT block on Redis
         # for their own timeout; were that as long as the socket timeout, their normal end would
         # be cut off as a Redis timeout.
         blocking = [
             ("DISPATCH_IDLE_SECONDS", self.dispatch_idle_seconds),
-            ("the api's event tail (XREAD BLOCK)", EVENT_TAIL_BLOCK_SECONDS),
+            ("a read of the event log (XREAD BLOCK)", EVENT_LOG_BLOCK_SECONDS),
         ]
         if self.redis_min_replicas_acked:
             blocking.append(("REDIS_REPLICA_ACK_TIMEOUT_SECONDS", self.redis_replica_ack_timeout_seconds))

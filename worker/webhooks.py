@@ -43,7 +43,7 @@ from yarl import URL
 from shared import keys
 from shared.events import Event, GenerationEvent, parse_entry
 from shared.netguard import PublicOnlyResolver, connect_allowed
-from shared.settings import Settings
+from shared.settings import EVENT_LOG_BLOCK_SECONDS, Settings
 from shared.states import State
 from shared.webhooks import (
     SECRET_PREFIX,
@@ -63,7 +63,7 @@ log = structlog.get_logger(__name__)
 # The reader's lock outlives a dead holder by at most this long; the holder renews it every step,
 # and a step blocks on the log for at most READ_BLOCK_MS.
 READER_LOCK_SECONDS = 5.0
-READ_BLOCK_MS = 1000
+READ_BLOCK_MS = round(EVENT_LOG_BLOCK_SECONDS * 1000)  # within the socket timeout (settings check)
 READ_BATCH = 200
 # A taken delivery is handed to another sender if no attempt was recorded within the attempt's
 # timeout plus this margin (signing, Redis round trips, a busy event loop).

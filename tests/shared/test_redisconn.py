@@ -102,9 +102,9 @@ def test_a_sentinel_without_a_port_is_refused(value: str) -> None:
         Settings(_env_file=None, redis_sentinels=value)
 
 
-def test_a_socket_timeout_that_would_cut_the_event_tail_is_refused() -> None:
-    """The api's event tail blocks 1 s in XREAD, so a shorter socket timeout is refused at start."""
-    with pytest.raises(ValidationError, match="event tail"):
+def test_a_socket_timeout_that_would_cut_a_read_of_the_event_log_is_refused() -> None:
+    """Readers of the event log block 1 s in XREAD, so a shorter socket timeout is refused at start."""
+    with pytest.raises(ValidationError, match="event log"):
         Settings(_env_file=None, dispatch_idle_seconds=0.2, redis_socket_timeout_seconds=1.2)
 
 
