@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.settings import Settings
@@ -60,6 +60,32 @@ def cancellable(connection_class: type[AbstractConnection]) -> type[AbstractConn
     return type(f"Cancellable{connection_class.__name__}", (CancellableWrites, connection_class), {})
 
 
+class ConnectsOutsideTheLock(ConnectionPool):
+    """A pool that connects a new connection after letting go of its lock.
+
+    redis-py 5 connects (TCP, then the handshake it reads a reply to) while holding the pool's
+    lock (redis-py#3842), so while Redis hangs every caller queues behind the one connecting and
+    N waiting requests take N timeouts. Here a connection is taken under the lock, as before, and
+    connected by its own caller, so each fails within one timeout.
+    """
+
+    async def get_connection(
+        self, command_name: Any = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        async with self._lock:
+            connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+
+class SentinelPool(ConnectsOutsideTheLock, SentinelConnectionPool):
+    """redis-py's pool of connections to the sentinels' primary, connecting outside its lock."""
+
+
 def connection_options(settings: Settings) -> dict[str, Any]:
     """The socket options every connection to Redis is made with."""
     return {
@@ -79,16 +105,19 @@ def build_client(settings: Settings, redis_class: type[RedisT], *, decode_respon
     """
     client: RedisT
     if settings.redis_sentinels:
-        sentinel = sentinels(settings)
-        client = sentinel.master_for(
-            settings.redis_sentinel_master, redis_class=redis_class, decode_responses=decode_responses
+        client = sentinels(settings).master_for(
+            settings.redis_sentinel_master,
+            redis_class=redis_class,
+            connection_pool_class=SentinelPool,
+            decode_responses=decode_responses,
         )
     else:
-        client = redis_class.from_url(
+        pool = ConnectsOutsideTheLock.from_url(
             settings.redis_url, decode_responses=decode_responses, **connection_options(settings)
         )
-    pool = client.connection_pool
-    pool.connection_class = cancellable(pool.connection_class)
+        client = redis_class(connection_pool=pool)
+        client.auto_close_connection_pool = True  # it owns the pool: aclose() closes both
+    client.connection_pool.connection_class = cancellable(client.connection_pool.connection_class)
     return client
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any
 
 import pytest
@@ -79,6 +80,25 @@ async def test_a_frozen_redis_is_a_redis_timeout_error_not_a_hang(fresh_redis_se
     finally:
         fresh_redis_server.thaw()
         await client.aclose()
+
+
+async def test_callers_waiting_on_a_frozen_redis_fail_side_by_side_not_one_after_another(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """Eight calls needing new connections to a frozen Redis each time out once, together."""
+    timeout = 1.5
+    client = redis_client(settings_for(fresh_redis_server.url, redis_socket_timeout_seconds=timeout))
+    fresh_redis_server.freeze()
+    try:
+        started = time.monotonic()
+        results = await asyncio.gather(*(client.get(f"k{n}") for n in range(8)), return_exceptions=True)
+        took = time.monotonic() - started
+    finally:
+        fresh_redis_server.thaw()
+        await client.aclose()
+    assert all(isinstance(result, RedisTimeoutError) for result in results), results
+    # A sanity bound, not a measurement: one after another they would take 8 timeouts (12 s).
+    assert took < 2 * timeout + 1, took
 
 
 def test_the_dispatchers_blocking_wait_must_fit_in_the_socket_timeout() -> None:
