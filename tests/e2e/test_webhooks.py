@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from cli.ports import free_port
 from simulator.testing import RunningSimulator
 from tests.e2e.helpers import create_many, wait_all_terminal
 from tests.fixtures.receiver import Hit, Receiver
-from tests.fixtures.redis import free_port
 from tests.fixtures.simulator import simulator_with, wait_until
 from tests.fixtures.stack import ADMIN_KEY, TEST_KEYS, WorkerProcess, accounts_for, api_settings, headers
 

@@ -14,12 +14,12 @@ import pytest_asyncio
 from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from cli.ports import free_port
 from shared.events import Event, parse_entry
 from shared.models import CreateRequest, GenerationRecord
 from shared.states import Phase
 from shared.webhooks import Delivery, new_secret
 from tests.fixtures.receiver import Hit, Receiver
-from tests.fixtures.redis import free_port
 from worker.webhooks import delivery_for, post_webhook, sign, signed_headers, webhook_session
 
 BODY = b'{"type":"generation.completed","timestamp":"2024-12-04T01:20:00.123Z","data":{"id":"g"}}'
