@@ -12,7 +12,7 @@ import structlog
 from redis.asyncio import Redis
 
 from api.errors import ReplicationUnconfirmed
-from shared import keys
+from shared.redisconn import replicas_confirm
 from shared.settings import Settings
 
 log = structlog.get_logger("api")
@@ -20,17 +20,7 @@ log = structlog.get_logger("api")
 
 async def confirm_replicated(redis: Redis, settings: Settings, gen_ids: list[str]) -> None:
     """Return once REDIS_MIN_REPLICAS_ACKED replicas have every write made so far; else a 503."""
-    wanted = settings.redis_min_replicas_acked
-    if not wanted:
-        return
-    timeout_ms = max(1, round(settings.redis_replica_ack_timeout_seconds * 1000))
-    # WAIT counts the replicas that have the last write of *its own connection*, and the create was
-    # written on another pooled connection; so a probe is written on this one first. Replicas apply
-    # the stream in order: one that has the probe has every write acknowledged before it.
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.incr(keys.REPLICATION_PROBE)
-        pipe.wait(wanted, timeout_ms)
-        _, acked = await pipe.execute()
+    acked, wanted = await replicas_confirm(redis, settings)
     if acked < wanted:
         log.warning("replication_unconfirmed", generation_ids=gen_ids, acked=acked, wanted=wanted)
         which = f"generation {gen_ids[0]} is" if len(gen_ids) == 1 else f"{len(gen_ids)} generations are"

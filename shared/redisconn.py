@@ -19,6 +19,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared import keys
 from shared.settings import Settings
 
 RedisT = TypeVar("RedisT", bound=Redis)
@@ -159,3 +160,21 @@ def redacted_url(url: str) -> str:
         ]
         parts = parts._replace(query=urllib.parse.urlencode(query, safe="*"))
     return urllib.parse.urlunsplit(parts)
+
+
+async def replicas_confirm(redis: Redis, settings: Settings) -> tuple[int, int]:
+    """(replicas that have every write made so far, replicas wanted): REDIS_MIN_REPLICAS_ACKED.
+
+    WAIT counts the replicas that have the last write of *its own connection*, and the writes that
+    matter were made on other pooled connections; so a probe is written on this one first. Replicas
+    apply the stream in order: one that has the probe has every write acknowledged before it.
+    """
+    wanted = settings.redis_min_replicas_acked
+    if not wanted:
+        return 0, 0
+    timeout_ms = max(1, round(settings.redis_replica_ack_timeout_seconds * 1000))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.incr(keys.REPLICATION_PROBE)
+        pipe.wait(wanted, timeout_ms)
+        _, acked = await pipe.execute()
+    return int(acked), wanted

@@ -36,6 +36,8 @@ from worker.webhooks import run_webhook_reader, run_webhook_sender
 
 log = structlog.get_logger(__name__)
 
+MAX_RETRY_DELAY_SECONDS = 10.0
+
 NO_ACCOUNT_MESSAGE = (
     "No Luma account is configured. Set ACCESS_TOKEN (one account's cookie) or LUMA_ACCOUNTS "
     '(a JSON list like [{"name": "main", "cookie": "access_token=..."}]), add one through the admin '
@@ -84,8 +86,9 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if "deps" not in ctx:
+    if "deps" not in ctx or ctx.get("shut_down"):
         return
+    ctx["shut_down"] = True
     deps = deps_of(ctx)
     ctx["stopping"].set()
     for task in ctx["loops"]:
@@ -174,10 +177,16 @@ def run(settings: Settings) -> int:
     delay = 0.5
     while not stop_requested:
         worker = build_worker(settings)
+        started = time.monotonic()
         try:
             worker.run()
             return 0
         except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as error:
+            # arq's close() gives up at its first Redis call when Redis is gone, before on_shutdown:
+            # stop this run's loops here, or they would go on beside the next run's.
+            worker.loop.run_until_complete(shutdown(worker.ctx))
+            if time.monotonic() - started > MAX_RETRY_DELAY_SECONDS * 3:
+                delay = 0.5  # a run that lasted: this outage starts the backoff afresh
             log.warning("redis_unavailable_retrying", error=str(error), retry_in=delay)
         # Between two arq runs a signal must still stop us cleanly.
         signal.signal(signal.SIGTERM, request_stop)
@@ -185,5 +194,5 @@ def run(settings: Settings) -> int:
         deadline = time.monotonic() + delay
         while not stop_requested and time.monotonic() < deadline:
             time.sleep(0.05)
-        delay = min(delay * 2, 10.0)
+        delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
     return 0

@@ -18,6 +18,7 @@ from arq import Retry
 
 from shared.accounts import UnknownAccount
 from shared.models import GenerationRecord
+from shared.redisconn import replicas_confirm
 from shared.states import TERMINAL_PHASES, FailureReason, Phase
 from worker.context import Deps, deps_of
 from worker.lifecycle import back_to_queue, finish, finish_failed, phase_of
@@ -109,6 +110,12 @@ async def create(deps: Deps, record: GenerationRecord, account_name: str) -> str
         # worker taken for dead may still be running): the slot is that run's now.
         return f"not submitted: {moved.outcome.value}"
     record = moved.record
+    acked, wanted = await replicas_confirm(deps.redis, deps.settings)
+    if acked < wanted:
+        # A failover now could lose the intent, and a worker that then found no intent would create
+        # again: no paid call until replicas have it. Back to the queue (the ack wait paces retries).
+        deps.unused_leases.pop(record.id, None)
+        return await _not_created(deps, record, fence, restore=True, why="intent not replicated")
     # From here the create may exist upstream even if we die: the slot stays taken until the
     # intent is settled, not merely until this process stops renewing it.
     await deps.scheduler.ensure_lease(record.id, account_name, deps.settings.intent_lease_seconds)
