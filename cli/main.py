@@ -38,18 +38,39 @@ def load_settings() -> Settings:
         return Settings()
     except (ValidationError, SettingsError) as exc:
         raise SystemExit(
-            f"luma-queue: invalid configuration: {exc}\n"
+            f"luma-queue: invalid configuration: {_described(exc)}\n"
             "Settings come from the environment and ./.env; each variable is the setting's name in upper "
             'case, e.g. LUMA_ACCOUNTS=\'[{"name": "main", "cookie": "access_token=..."}]\'.'
         ) from None
 
 
+def _described(exc: Exception) -> str:
+    """The error without the values it refused: those can be cookies or keys."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = [
+        f"{'.'.join(str(part) for part in error['loc']) or exc.title}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    return f"{exc.title}: " + "; ".join(problems)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     settings = load_settings()
+    if args.processes is not None:
+        settings = settings.model_copy(update={"api_processes": args.processes})
     from api.app import run
 
-    run(settings)
-    return 0
+    return run(settings)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -111,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the HTTP api (create, list, detail, usage, upload)",
         description="Serve the HTTP api on API_HOST:API_PORT. It validates and queues requests and "
         "answers reads from Redis; it never calls Luma itself. Run as many copies as you like.",
+    )
+    api.add_argument(
+        "--processes",
+        type=positive_int,
+        metavar="N",
+        help="serve from N processes on the one port, for N cores (default: API_PROCESSES, 1)",
     )
     api.set_defaults(handler=cmd_api)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.cookies import normalize_cookie
@@ -16,6 +17,49 @@ BLOCKING_CALL_MARGIN_SECONDS = 0.5
 # How long a reader of the event log (the api's live tail, a worker's webhook consumer) blocks
 # in one XREAD: fixed, so the socket timeout must leave it room like the other blocking calls.
 EVENT_LOG_BLOCK_SECONDS = 1.0
+KIB = 1024
+MIB = 1024 * KIB
+
+
+def _cookie_line(value: str) -> str:
+    """A cookie that can go into a Cookie header as it is: one line of printable ASCII.
+
+    Anything else (CR/LF above all) would be refused by the HTTP client on every request, or worse,
+    split the header; the message never repeats the value, which is a credential.
+    """
+    value = value.strip()  # a pasted value's trailing newline is harmless, an inner one is not
+    if not value:
+        raise ValueError("the cookie is empty")
+    if not all(" " <= char <= "~" for char in value):
+        raise ValueError("the cookie must be one line of printable ASCII (no CR, LF or control characters)")
+    return value
+
+
+def _http_url(value: str) -> str:
+    """An absolute http(s) URL with a host: where a worker may send an account's cookie."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if not all(" " < char <= "~" for char in value):
+        raise ValueError("must be printable ASCII without spaces")
+    return value
+
+
+#: An account's cookie, validated where it enters (settings and the admin API).
+CookieLine = Annotated[str, AfterValidator(_cookie_line)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _origin(value: str) -> str:
+    """`*`, or a browser origin (`scheme://host[:port]`, nothing after it), lower-cased."""
+    if value == "*":
+        return value
+    parts = urlsplit(value.lower())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"CORS_ORIGINS: {value!r} is not an origin like https://app.example.com")
+    if parts.query or parts.fragment or parts.username:
+        raise ValueError(f"CORS_ORIGINS: {value!r} is not an origin like https://app.example.com")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 class AccountConfig(BaseModel):
@@ -24,8 +68,8 @@ class AccountConfig(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     # Which protocol the account speaks (worker/upstream/): `web`, the Luma web API.
     kind: Literal["web"] = "web"
-    cookie: str = Field(min_length=1, repr=False)
-    base_url: str | None = None
+    cookie: CookieLine = Field(min_length=1, repr=False)
+    base_url: HttpUrl | None = Field(default=None, max_length=2048)
     max_concurrency: int = Field(default=3, ge=1, le=100)
     # How many generations may wait in the pool's queue on this account's behalf; None = no
     # limit of its own (the pool's MAX_QUEUE_DEPTH still holds).
@@ -51,6 +95,24 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 
+    # How the api serves (README, "Security"): processes on one port, and what one process allows
+    # each connection before it is closed or refused.
+    api_processes: int = Field(default=1, ge=1, le=64)
+    # Lowered at start to fit the open-file limit (api/server.py says how).
+    api_max_connections: int = Field(default=1000, ge=1)
+    # From a request's first byte until its headers are complete.
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    # From the headers until the whole body is in: long enough for an upload from a slow link.
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # An idle keep-alive connection is closed after this; above a load balancer's usual 60 s.
+    api_keepalive_timeout_seconds: float = Field(default=75.0, gt=0)
+    # "auto": uvloop when it is installed (`pip install 'luma-queue[uvloop]'`), else asyncio's.
+    api_event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    # Browser origins allowed to call the api, comma separated; empty: none; `*`: any.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A create's (and every other JSON) body; batch bodies get their own, larger limit.
+    create_max_body_bytes: int = Field(default=64 * KIB, ge=1)
+
     # Callers' keys, comma separated; each key is one key holder. Empty: the api runs open.
     secret_key: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     # The operator's key for /api/admin/*; empty disables the admin API.
@@ -59,7 +121,7 @@ class Settings(BaseSettings):
     # Upstream accounts: ACCESS_TOKEN is the seed's single account, LUMA_ACCOUNTS a JSON list.
     access_token: str = Field(default="", repr=False)
     luma_accounts: list[AccountConfig] = Field(default_factory=list)
-    luma_base_url: str = LUMA_WEB_API
+    luma_base_url: HttpUrl = LUMA_WEB_API
     default_max_concurrency: int = Field(default=3, ge=1)
 
     # Polling: an account's generation list is read at most every poll_min_interval and at
@@ -93,8 +155,12 @@ class Settings(BaseSettings):
     missing_video_deadline_seconds: float = Field(default=300.0, gt=0)
     submit_job_timeout_seconds: float = Field(default=120.0, gt=0)
 
-    upload_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    upload_max_bytes: int = Field(default=10 * MIB, ge=1)
     upload_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Bytes of uploads waiting in Redis for a worker, across every api; past it 429 uploads_busy.
+    upload_max_inflight_bytes: int = Field(default=100 * MIB, ge=1)
+    # Width x height of an uploaded image, so a small file cannot decode to gigabytes.
+    upload_max_pixels: int = Field(default=40_000_000, ge=1)
 
     max_queue_depth: int = Field(default=10_000, ge=1)
     # Per key holder: generations it may have waiting (unset: a quarter of MAX_QUEUE_DEPTH when
@@ -194,6 +260,26 @@ class Settings(BaseSettings):
                     f"REDIS_SOCKET_TIMEOUT_SECONDS ({self.redis_socket_timeout_seconds:g}): "
                     "a call blocks on Redis that long"
                 )
+    @field_validator("access_token")
+    @classmethod
+    def _token_is_a_cookie_line(cls, value: str) -> str:
+        return _cookie_line(value) if value.strip() else ""
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [origin.strip() for origin in value.split(",") if origin.strip()]
+        if isinstance(value, list):
+            return [_origin(origin) if isinstance(origin, str) else origin for origin in value]
+        return value
+
+    @model_validator(mode="after")
+    def _one_upload_fits_in_flight(self) -> Self:
+        if self.upload_max_inflight_bytes < self.upload_max_bytes:
+            raise ValueError(
+                "UPLOAD_MAX_INFLIGHT_BYTES must be at least UPLOAD_MAX_BYTES, or no upload could be taken"
+            )
         return self
 
     def accounts(self) -> list[AccountConfig]:
