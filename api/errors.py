@@ -7,13 +7,15 @@ Redis being unreachable, and anything unexpected (logged with its traceback, ans
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 import redis.exceptions
 import structlog
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from aiohttp.typedefs import Handler
 from pydantic import ValidationError
 
@@ -76,6 +78,12 @@ class Unauthorized(ApiError):
     default_message = "a valid Secret-Key header is required"
 
 
+class ForbiddenOrigin(ApiError):
+    status = 403
+    code = "origin_not_allowed"
+    default_message = "browsers on this origin may not call the api (the operator sets CORS_ORIGINS)"
+
+
 class NotFound(ApiError):
     status = 404
     code = "not_found"
@@ -104,16 +112,54 @@ class NothingToRedeliver(ApiError):
     default_message = "no webhook of this generation has been queued yet"
 
 
+class BadRequest(ApiError):
+    """What aiohttp's HTTP parser refused: described by kind, never by what the caller sent."""
+
+    status = 400
+    code = "bad_request"
+    default_message = "malformed HTTP request"
+
+
+class BodyTimeout(ApiError, TimeoutError):
+    """The body did not arrive in time.
+
+    A TimeoutError too, so that aiohttp, draining what is left of the body after the answer,
+    takes it for the end of that wait instead of an error of its own.
+    """
+
+    status = 408
+    code = "body_timeout"
+    default_message = "the request body did not arrive in time"
+
+
+class HeaderTimeout(ApiError):
+    status = 408
+    code = "header_timeout"
+    default_message = "the request headers did not arrive in time"
+
+
 class TooLarge(ApiError):
     status = 413
     code = "too_large"
     default_message = "the request body is too large"
 
 
+class ImageTooLarge(ApiError):
+    status = 413
+    code = "image_too_large"
+    default_message = "the image has too many pixels"
+
+
 class NotAnImage(ApiError):
     status = 415
     code = "not_an_image"
     default_message = "the file is not a JPEG, PNG, GIF or WebP image"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+    default_message = "send the body as JSON, with the header Content-Type: application/json"
 
 
 class QueueFullError(ApiError):
@@ -161,6 +207,12 @@ class UnknownHolder(NotFound):
     default_message = "no key holder by that id"
 
 
+class UploadsBusy(ApiError):
+    status = 429
+    code = "uploads_busy"
+    default_message = "too many uploads are waiting for a worker; nothing was kept, try again shortly"
+
+
 class UpstreamError(ApiError):
     status = 502
     code = "upstream_error"
@@ -193,6 +245,11 @@ class ReplicationUnconfirmed(ServiceUnavailable):
     default_message = "the write reached the primary Redis but not enough replicas in time"
 
 
+class TooManyConnections(ServiceUnavailable):
+    code = "too_many_connections"
+    default_message = "this api process has as many connections as it takes; try again shortly"
+
+
 class UploadTimeout(ApiError):
     status = 504
     code = "upload_timeout"
@@ -201,6 +258,12 @@ class UploadTimeout(ApiError):
 
 class InternalError(ApiError):
     pass
+
+
+class ClientGone(ApiError):
+    status = 400
+    code = "connection_closed"
+    default_message = "the connection closed before the request was complete"
 
 
 def invalid_fields(exc: ValidationError) -> InvalidRequest:
@@ -247,6 +310,53 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ApiErr
     return error
 
 
+# What aiohttp's HTTP parser refused, said by kind (most specific first). The parser's own message
+# quotes the bytes it choked on, which can be a Secret-Key or a cookie: it is never shown.
+_PARSER_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.BadHttpMethod, "the request line has no valid method"),
+    (http_exceptions.BadStatusLine, "the request line is malformed"),
+    (http_exceptions.LineTooLong, "the request line or a header is too long"),
+    (http_exceptions.InvalidHeader, "a header is malformed"),
+    (http_exceptions.InvalidURLError, "the request's URL is malformed"),
+    (http_exceptions.TransferEncodingError, "the chunked body is malformed"),
+    (http_exceptions.ContentLengthError, "the body does not match its Content-Length"),
+    (http_exceptions.PayloadEncodingError, "the body's encoding is malformed"),
+)
+
+
+def parser_error(exc: BaseException | None) -> BadRequest:
+    """The 400 for a request aiohttp's parser refused, in our shape and without its content."""
+    for kind, message in _PARSER_ERRORS:
+        if isinstance(exc, kind):
+            return BadRequest(message)
+    return BadRequest()
+
+
+def protocol_error(status: int, exc: BaseException | None) -> ApiError:
+    """What aiohttp's protocol answers itself (before any middleware), as one of our errors."""
+    if status == 400:
+        return parser_error(exc)
+    if status == 504:
+        error = ApiError("the request took too long", code="timeout")
+        error.status = 504
+        return error
+    return InternalError("internal error")
+
+
+def raw_response(error: ApiError) -> bytes:
+    """A complete HTTP/1.1 answer that closes the connection, for where aiohttp writes none."""
+    body = json.dumps(error.body()).encode()
+    reason = HTTPStatus(error.status).phrase
+    head = [
+        f"HTTP/1.1 {error.status} {reason}",
+        "Content-Type: application/json; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in error.headers.items()),
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
 def _redis_unavailable(exc: Exception) -> bool:
     """Redis down, timing out, read-only after a failover or out of memory: all worth a retry."""
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
@@ -271,6 +381,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise  # redirects and the like are answers, not errors
         return render(_from_http_exception(request, exc))
+    except ConnectionResetError:
+        # The caller hung up while its body was being read: nobody will see an answer, and a
+        # traceback per hang-up would let any client write to the log at will.
+        return render(ClientGone())
     except Exception as exc:
         if _redis_unavailable(exc):
             log.warning("redis unavailable", error=f"{type(exc).__name__}: {exc}")

@@ -1,24 +1,25 @@
-"""What every response shares: JSON errors, CORS, a request id, one log line, 503 while Redis is down."""
+"""What every response shares: JSON errors, CORS by configuration, a request id, one log line, 503s."""
 
 from __future__ import annotations
 
 import pytest
 import structlog
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from cli.redis_server import RedisServer
+from shared.settings import Settings
 from tests.api.conftest import KEY_A, ApiClient, MakeApi, auth
 
-CORS = {
-    "Access-Control-Allow-Origin": "*",
+APP_ORIGIN = "https://app.example.test"
+PREFLIGHT = {
     "Access-Control-Allow-Methods": "GET, POST, PATCH, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Secret-Key, X-Request-ID",
 }
 
 
-def assert_cors(headers: object) -> None:
-    for name, value in CORS.items():
-        assert headers[name] == value, name  # type: ignore[index]
+def preflight_headers(origin: str = APP_ORIGIN) -> dict[str, str]:
+    return {"Origin": origin, "Access-Control-Request-Method": "POST"}
 
 
 @pytest.mark.parametrize(
@@ -34,15 +35,18 @@ def assert_cors(headers: object) -> None:
         "/api/anything/else",
     ],
 )
-async def test_preflight_is_answered_on_every_api_path_without_a_key(api: ApiClient, path: str) -> None:
-    """A browser's OPTIONS preflight gets 204 and the CORS headers, no Secret-Key needed."""
-    response = await api.options(
-        path,
-        headers={"Origin": "https://app.example.test", "Access-Control-Request-Method": "POST"},
-    )
+async def test_preflight_from_an_allowed_origin_is_answered_on_every_api_path_without_a_key(
+    make_api: MakeApi, path: str
+) -> None:
+    """With CORS_ORIGINS naming the origin, its OPTIONS preflight gets 204 and the CORS headers."""
+    api = await make_api(cors_origins=[APP_ORIGIN])
+
+    response = await api.options(path, headers=preflight_headers())
 
     assert response.status == 204
-    assert_cors(response.headers)
+    assert response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+    for name, value in PREFLIGHT.items():
+        assert response.headers[name] == value, name
 
 
 @pytest.mark.parametrize(
@@ -54,14 +58,61 @@ async def test_preflight_is_answered_on_every_api_path_without_a_key(api: ApiCli
         ("DELETE", "/api/generations", auth(KEY_A), 405),
     ],
 )
-async def test_every_response_carries_the_cors_headers(
-    api: ApiClient, method: str, path: str, headers: dict[str, str], status: int
+async def test_every_response_to_an_allowed_origin_carries_the_cors_headers(
+    make_api: MakeApi, method: str, path: str, headers: dict[str, str], status: int
 ) -> None:
-    """Errors too: a browser can read a 401 or 404 as well as a 200."""
-    response = await api.request(method, path, headers=headers)
+    """Errors too: a browser on an allowed origin can read a 401 or 404 as well as a 200."""
+    api = await make_api(cors_origins=[APP_ORIGIN])
+
+    response = await api.request(method, path, headers={**headers, "Origin": APP_ORIGIN})
 
     assert response.status == status
-    assert_cors(response.headers)
+    assert response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
+    assert "Origin" in response.headers.getall("Vary")
+
+
+async def test_by_default_no_origin_is_allowed(api: ApiClient) -> None:
+    """Without CORS_ORIGINS a preflight is 403 origin_not_allowed and no answer allows an origin."""
+    preflight = await api.options("/api/generations", headers=preflight_headers())
+    answer = await api.get("/api/generations", headers={**auth(KEY_A), "Origin": APP_ORIGIN})
+
+    assert preflight.status == 403
+    assert (await preflight.json())["code"] == "origin_not_allowed"
+    assert answer.status == 200
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+
+
+async def test_an_origin_not_listed_is_not_allowed(make_api: MakeApi) -> None:
+    """CORS_ORIGINS is a list, not a pattern: another origin gets neither a preflight nor the header."""
+    api = await make_api(cors_origins=[APP_ORIGIN])
+    elsewhere = "https://evil.example.test"
+
+    preflight = await api.options("/api/generations", headers=preflight_headers(elsewhere))
+    answer = await api.get("/api/generations", headers={**auth(KEY_A), "Origin": elsewhere})
+
+    assert preflight.status == 403
+    assert "Access-Control-Allow-Origin" not in answer.headers
+
+
+async def test_a_star_allows_every_origin(make_api: MakeApi) -> None:
+    """CORS_ORIGINS=* answers any origin with `*`, the old behaviour, only when an operator asks."""
+    api = await make_api(cors_origins=["*"])
+
+    preflight = await api.options("/api/generations", headers=preflight_headers("https://any.example"))
+    answer = await api.get("/api/generations", headers={**auth(KEY_A), "Origin": "https://any.example"})
+
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_cors_origins_are_read_comma_separated_and_checked() -> None:
+    """CORS_ORIGINS takes origins only (no path), normalized to lower case without a trailing slash."""
+    settings = Settings(_env_file=None, cors_origins="https://App.example.test/, http://localhost:3000")  # type: ignore[arg-type]
+    assert settings.cors_origins == ["https://app.example.test", "http://localhost:3000"]
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, cors_origins="https://app.example.test/some/path")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("path", ["/api/nowhere", "/", "/api/generations/some-id/extra"])
@@ -134,7 +185,6 @@ async def test_redis_down_is_a_json_503_and_the_api_recovers(
             answer = await response.json()
             assert answer["code"] == "redis_unavailable"
             assert "Redis" in answer["message"]
-            assert_cors(response.headers)
     assert any(line["event"] == "redis unavailable" for line in logs)
 
     fresh_redis_server.start()
