@@ -173,7 +173,10 @@ async def upload_image(request: web.Request, caller: Caller) -> web.Response:
     settings = request.app[SETTINGS]
     image = await uploads.read_image(request, settings.upload_max_bytes)
     result = await uploads.hand_to_worker(
-        request.app[ARQ], image, wait_seconds=settings.upload_timeout_seconds
+        request.app[ARQ],
+        image,
+        wait_seconds=settings.upload_timeout_seconds,
+        max_inflight_bytes=settings.upload_max_inflight_bytes,
     )
     return json_response(
         {"data": {"id": result.id, "presigned_url": result.presigned_url, "public_url": result.public_url}}

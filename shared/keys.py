@@ -31,6 +31,11 @@ Webhooks (shared/webhooks.py writes them; worker/webhooks.py reads the log and d
     webhook-gen:{id}:attempts  list  one JSON object per attempt, oldest first
     webhook-due              zset    gen id -> ms when its queue's head is due (or its lease ends)
 
+Uploads in flight (api/uploads.py: their bytes in Redis are capped):
+    uploads:expiry           zset    upload id -> ms when its bytes' reservation lapses (if the api died)
+    uploads:sizes            hash    upload id -> bytes it holds in Redis
+    uploads:bytes            string  the sum of uploads:sizes
+
 Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     wait:owners              zset    owner -> turn; the owner with the lowest turn is served next
     wait:{owner}             zset    gen id -> sequence; one owner's waiting generations, FIFO
@@ -88,6 +93,9 @@ POOL_UNUSABLE_SINCE = PREFIX + "pool:unusable-since"
 WEBHOOK_GROUP = "webhooks"  # the consumer group on EVENTS, and its one consumer's name
 WEBHOOK_READER_LOCK = PREFIX + "lock:webhook-reader"
 WEBHOOK_DUE = PREFIX + "webhook-due"
+UPLOADS_EXPIRY = PREFIX + "uploads:expiry"
+UPLOADS_SIZES = PREFIX + "uploads:sizes"
+UPLOADS_BYTES = PREFIX + "uploads:bytes"
 
 
 def generation(gen_id: str) -> str:
@@ -212,7 +220,7 @@ def upload_job_id(upload_id: str) -> str:
     return f"upload:{upload_id}"
 
 
-# Uploaded bytes wait this long for a worker; the api gives up well before.
-UPLOAD_BYTES_TTL_SECONDS = 600
+# Uploaded bytes outlive the api's wait for a worker by this long, then expire on their own.
+UPLOAD_BYTES_GRACE_SECONDS = 30
 # Which image an upload's public_url names is kept as long as Luma keeps presigned URLs useful.
 UPLOAD_ACCOUNT_TTL_SECONDS = 30 * 86400

@@ -11,8 +11,7 @@ from aiohttp import FormData
 from api.auth import OPEN_OWNER, owner_id
 from shared import keys
 from tests.api.conftest import ADMIN_KEY, KEY_A, KEY_B, ApiClient, MakeApi, auth, redis_state
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+from tests.images import PNG
 
 
 def upload_form() -> FormData:

@@ -18,11 +18,7 @@ from shared.models import UploadResult
 from shared.queue import UPLOAD_JOB, create_arq_pool, deserialize_job, serialize_job
 from shared.settings import Settings
 from tests.api.conftest import KEY_A, ApiClient, MakeApi, auth, redis_state
-
-JPEG = b"\xff\xd8\xff\xe0" + b"\x10JFIF" + b"\x00" * 200
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
-GIF = b"GIF89a" + b"\x00" * 200
-WEBP = b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x00" * 200
+from tests.images import GIF, JPEG, PNG, WEBP
 
 # arq's Worker.close still calls redis-py's deprecated close(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")
