@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import structlog
 from aiohttp import web
 
-from api import handlers, webhooks
+from api import handlers, processes, server, webhooks
 from api.appkeys import ARQ, EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE, WEBHOOKS
 from api.auth import KEYRING, KeyRing
 from api.errors import error_middleware
 from api.events import EventHub
-from api.middleware import add_response_headers, preflight, request_context
+from api.images import image_decoder
+from api.middleware import add_response_headers, body_deadline, preflight, request_context
 from shared.accounts import AccountRegistry
 from shared.events import EventLog
 from shared.logs import configure_logging
@@ -26,8 +30,6 @@ from shared.webhooks import webhook_store
 # Multipart framing around an upload, so aiohttp's own limit never fires before ours (which
 # streams and stops early); it still bounds JSON bodies.
 CLIENT_MAX_SIZE_MARGIN = 64 * 1024
-
-MIN_SHUTDOWN_TIMEOUT_SECONDS = 0.001
 
 log = structlog.get_logger("api")
 
@@ -64,12 +66,12 @@ async def _arq(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, preflight, error_middleware],
+        middlewares=[request_context, preflight, body_deadline, error_middleware],
         client_max_size=settings.upload_max_bytes + CLIENT_MAX_SIZE_MARGIN,
     )
     app[SETTINGS] = settings
     app[KEYRING] = KeyRing(settings.secret_key, settings.admin_key)
-    app.cleanup_ctx.extend([_redis, _event_hub, _arq])
+    app.cleanup_ctx.extend([_redis, _event_hub, _arq, image_decoder])
     app.on_response_prepare.append(add_response_headers)
     app.router.add_get("/api/generations", handlers.list_generations)
     # Before /{id}, which would otherwise take "usage" or "events" for an id.
@@ -106,23 +108,59 @@ def warn_if_open(settings: Settings) -> None:
     print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
-def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM; requests in flight get shutdown_grace_seconds to finish."""
+def run(settings: Settings) -> int:
+    """Serve from API_PROCESSES processes until SIGINT/SIGTERM; the exit code.
+
+    Requests in flight then get SHUTDOWN_GRACE_SECONDS to finish.
+    """
     configure_logging(settings.log_level, settings.log_json)
     warn_if_open(settings)
+    if settings.api_processes > 1:
+        return processes.run_processes(settings)
+    serve_here(settings)
+    return 0
+
+
+def serve_here(
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    stop_signals: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM),
+    parent_pid: int | None = None,
+) -> None:
+    """Serve from this process, on the event loop API_EVENT_LOOP picks, until a stop signal."""
+    loop_name, loop_factory = event_loop(settings.api_event_loop)
     log.info(
         "api starting",
         host=settings.api_host,
         port=settings.api_port,
         redis=redacted_url(settings.redis_url),
         sentinels=",".join(f"{host}:{port}" for host, port in settings.redis_sentinels) or None,
+        loop=loop_name,
+        pid=os.getpid(),
     )
-    web.run_app(
-        create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
-        # aiohttp reads a timeout of 0 as "wait forever"; SHUTDOWN_GRACE_SECONDS=0 means "do not wait".
-        shutdown_timeout=max(settings.shutdown_grace_seconds, MIN_SHUTDOWN_TIMEOUT_SECONDS),
-        access_log=None,  # request_context logs each request once, with its request_id
-        print=None,
-    )
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(
+            server.serve(
+                create_app(settings),
+                settings,
+                reuse_port=reuse_port,
+                stop_signals=stop_signals,
+                parent_pid=parent_pid,
+            )
+        )
+
+
+def event_loop(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop] | None]:
+    """(name, loop factory) for API_EVENT_LOOP: uvloop if asked or, for "auto", if installed."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise SystemExit(
+                    "API_EVENT_LOOP=uvloop, but uvloop is not installed: pip install 'luma-queue[uvloop]'"
+                ) from None
+        else:
+            return "uvloop", uvloop.new_event_loop
+    return "asyncio", None

@@ -1,4 +1,4 @@
-"""api.app.run: the open-api warning, the serving options, and a SIGTERM that lets requests finish."""
+"""api.app.run: the open-api warning, one process or several, and a SIGTERM that lets requests finish."""
 
 from __future__ import annotations
 
@@ -10,35 +10,37 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as redis_asyncio
-from aiohttp import web
 from structlog.testing import capture_logs
 
 import api.app
+import api.processes
 from cli.ports import free_port
 from shared import keys
 from shared.settings import Settings
 from tests.api.conftest import KEY_A, auth
+from tests.images import PNG
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 DEADLINE_SECONDS = 15.0
 
 
 @pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Calls run() made to aiohttp's run_app (which would block), and no global logging set-up."""
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(web, "run_app", lambda app, **options: calls.append(options))
+def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Settings]]:
+    """What run() started instead of serving (which would block), and no global logging set-up."""
+    calls: list[tuple[str, Settings]] = []
+    monkeypatch.setattr(api.app, "serve_here", lambda settings: calls.append(("here", settings)))
+    monkeypatch.setattr(
+        api.processes, "run_processes", lambda settings: calls.append(("processes", settings)) or 0
+    )
     monkeypatch.setattr(api.app, "configure_logging", lambda level, json_logs: None)
     return calls
 
 
 def test_run_warns_loudly_when_no_secret_key_is_set(
-    served: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+    served: list[tuple[str, Settings]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An api without SECRET_KEY says it is open to anyone, as a WARNING log line and on stderr."""
     with capture_logs() as logs:
@@ -50,7 +52,7 @@ def test_run_warns_loudly_when_no_secret_key_is_set(
 
 
 def test_run_does_not_warn_when_keys_are_set(
-    served: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+    served: list[tuple[str, Settings]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """With SECRET_KEY set there is nothing to warn about."""
     with capture_logs() as logs:
@@ -60,24 +62,14 @@ def test_run_does_not_warn_when_keys_are_set(
     assert not [line for line in logs if line["log_level"] == "warning"]
 
 
-def test_run_serves_on_api_host_and_port_with_the_shutdown_grace(served: list[dict[str, Any]]) -> None:
-    """run_app gets API_HOST, API_PORT and SHUTDOWN_GRACE_SECONDS as its graceful shutdown timeout."""
-    api.app.run(
-        Settings(
-            _env_file=None, secret_key=["k"], api_host="0.0.0.0", api_port=8123, shutdown_grace_seconds=7
-        )
-    )
+def test_run_serves_in_this_process_unless_more_processes_are_asked_for(
+    served: list[tuple[str, Settings]],
+) -> None:
+    """API_PROCESSES=1 serves here; more starts that many processes instead."""
+    api.app.run(Settings(_env_file=None, secret_key=["k"]))
+    api.app.run(Settings(_env_file=None, secret_key=["k"], api_processes=3))
 
-    [options] = served
-    assert (options["host"], options["port"], options["shutdown_timeout"]) == ("0.0.0.0", 8123, 7)
-
-
-def test_a_zero_shutdown_grace_does_not_mean_wait_forever(served: list[dict[str, Any]]) -> None:
-    """aiohttp reads a shutdown timeout of 0 as "no limit"; SHUTDOWN_GRACE_SECONDS=0 must not."""
-    api.app.run(Settings(_env_file=None, secret_key=["k"], shutdown_grace_seconds=0))
-
-    [options] = served
-    assert 0 < options["shutdown_timeout"] < 0.1
+    assert [(where, settings.api_processes) for where, settings in served] == [("here", 1), ("processes", 3)]
 
 
 @pytest.fixture

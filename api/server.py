@@ -1,0 +1,398 @@
+"""How one api process serves connections: deadlines, a cap on connections, and JSON for what
+aiohttp answers by itself.
+
+aiohttp's `run_app` lets a connection take as long as it likes over its headers and takes as many
+connections as the process has files; past that, accept() fails over and over. Here instead:
+
+- A request's headers must be complete within API_HEADER_TIMEOUT_SECONDS of their first byte, or
+  the connection is answered 408 `header_timeout` and closed. (The body's deadline is a middleware:
+  api/middleware.py.) An idle keep-alive connection is closed after API_KEEPALIVE_TIMEOUT_SECONDS.
+- At most API_MAX_CONNECTIONS connections are open in this process (fewer if the open-file limit
+  is lower). A new connection beyond that takes the place of the one that has waited longest
+  without a complete request (idle keep-alive, or headers trickling in), so slow clients cannot
+  starve the others; only when every connection is inside a request is the new one answered 503
+  `too_many_connections` at once.
+- The 400 that aiohttp's parser answers before any middleware runs is our JSON error (`bad_request`),
+  and neither the answer nor the log quotes what was sent.
+
+This is aiohttp's own server with its supported extension points: a `web.BaseSite` that creates the
+listening socket with our protocol factory, and a `web.RequestHandler` whose `handle_error` and
+`log_access` hooks we override. One private attribute is read, `RequestHandler._messages` (the
+parsed requests not yet handled), because nothing public says "a whole request has arrived".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from api.errors import (
+    HeaderTimeout,
+    TooManyConnections,
+    protocol_error,
+    raw_response,
+    render,
+)
+from shared.logs import OncePerInterval
+from shared.settings import Settings
+
+log = structlog.get_logger("api.server")
+
+# Each connection may hold a Redis connection of its own while it is served, and the process
+# needs a few files besides (the listening socket, logs, the arq pool): the cap leaves room for both.
+FILES_KEPT_FREE = 32
+FILES_PER_CONNECTION = 2
+# Connections the kernel queues for accept(); a burst of new clients waits there, not refused.
+BACKLOG = 512
+# A refused connection gets its 503, then this long to read it before the socket is closed (closing
+# at once, with its request unread, would reset the connection and lose the answer).
+REFUSAL_LINGER_SECONDS = 1.0
+MAX_LINGERING_REFUSALS = 64
+# aiohttp reads a shutdown timeout of 0 as "wait forever"; SHUTDOWN_GRACE_SECONDS=0 means "do not wait".
+MIN_SHUTDOWN_TIMEOUT_SECONDS = 0.001
+PARENT_CHECK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_connections: int
+    header_timeout_seconds: float
+    keepalive_timeout_seconds: float
+
+    @classmethod
+    def for_this_process(cls, settings: Settings) -> ServeLimits:
+        """The settings' limits, the connection cap lowered if the open-file limit cannot hold it."""
+        open_files = raise_open_file_limit()
+        fitting = max(1, (open_files - FILES_KEPT_FREE) // FILES_PER_CONNECTION)
+        cap = min(settings.api_max_connections, fitting)
+        if cap < settings.api_max_connections:
+            log.warning(
+                "connection cap lowered to fit the open-file limit",
+                api_max_connections=settings.api_max_connections,
+                open_file_limit=open_files,
+                max_connections=cap,
+            )
+        return cls(
+            max_connections=cap,
+            header_timeout_seconds=settings.api_header_timeout_seconds,
+            keepalive_timeout_seconds=settings.api_keepalive_timeout_seconds,
+        )
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file limit to its hard limit, as servers do; the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+class ConnectionGuard:
+    """The protocol factory of one listening socket: counts connections and keeps the cap.
+
+    Connections are either waiting (no whole request yet: new, idle between requests, or sending
+    headers) or busy (a request is being handled). Waiting ones are kept oldest first, so making
+    room is closing the first of them.
+    """
+
+    def __init__(self, server: web.Server, limits: ServeLimits, handler_options: dict[str, Any]) -> None:
+        self.server = server
+        self.limits = limits
+        self._handler_options = handler_options
+        self._open: set[GuardedRequestHandler] = set()
+        self._waiting: OrderedDict[GuardedRequestHandler, None] = OrderedDict()
+        self._lingering_refusals = 0
+        self._log = OncePerInterval()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self._open) >= self.limits.max_connections and not self._make_room():
+            return Refusal(self)
+        handler = GuardedRequestHandler(self.server, guard=self, **self._handler_options)
+        # Counted from here, not from connection_made: several accepts can come before the first
+        # connection_made runs, and each must see the others.
+        self._open.add(handler)
+        self._waiting[handler] = None
+        return handler
+
+    def _make_room(self) -> bool:
+        if not self._waiting:
+            self.note("refused", "connection refused with 503: every connection is inside a request")
+            return False
+        oldest, _ = self._waiting.popitem(last=False)
+        self._open.discard(oldest)
+        oldest.force_close()
+        self.note("shed", "connection closed to make room: it had waited longest without a request")
+        return True
+
+    def is_waiting(self, handler: GuardedRequestHandler) -> bool:
+        return handler in self._waiting
+
+    def waiting(self, handler: GuardedRequestHandler) -> None:
+        if handler in self._open:
+            self._waiting[handler] = None
+            self._waiting.move_to_end(handler)
+
+    def busy(self, handler: GuardedRequestHandler) -> None:
+        self._waiting.pop(handler, None)
+
+    def lost(self, handler: GuardedRequestHandler) -> None:
+        self._open.discard(handler)
+        self._waiting.pop(handler, None)
+
+    def refusal_lingers(self) -> bool:
+        if self._lingering_refusals >= MAX_LINGERING_REFUSALS:
+            return False
+        self._lingering_refusals += 1
+        return True
+
+    def refusal_done(self) -> None:
+        self._lingering_refusals -= 1
+
+    def note(self, kind: str, message: str) -> None:
+        """One line per kind of connection trouble per interval, however often it happens."""
+        held_back = self._log.admit(kind)
+        if held_back is not None:
+            log.warning(
+                message,
+                kind=kind,
+                more_not_logged=held_back,
+                open_connections=len(self._open),
+                max_connections=self.limits.max_connections,
+            )
+
+    def note_protocol_error(self, status: int, exc: BaseException | None) -> None:
+        """A request aiohttp refused: its kind and status, never its content (it may hold a key)."""
+        kind = type(exc).__name__ if exc is not None else "none"
+        held_back = self._log.admit(f"protocol:{status}:{kind}")
+        if held_back is None:
+            return
+        if status >= 500 and exc is not None:
+            # Our own code failed outside the error middleware: worth a traceback, once per interval.
+            log.error(
+                "request failed in the server",
+                status=status,
+                error=kind,
+                more_not_logged=held_back,
+                exc_info=exc,
+            )
+        else:
+            log.info("malformed request refused", status=status, error=kind, more_not_logged=held_back)
+
+
+class GuardedRequestHandler(web.RequestHandler):
+    """aiohttp's connection protocol, telling the guard when it waits and when it serves."""
+
+    __slots__ = ("_guard", "_header_timer")
+
+    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **options: Any) -> None:
+        super().__init__(manager, **options)
+        self._guard = guard
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        guard = self._guard
+        was_waiting = guard.is_waiting(self)
+        super().data_received(data)
+        if not was_waiting:
+            return
+        if self._messages:  # a whole request (or the parser's refusal of one) is in
+            self._stop_header_timer()
+            guard.busy(self)
+        elif self._header_timer is None and self.transport is not None and data:
+            self._header_timer = asyncio.get_running_loop().call_later(
+                guard.limits.header_timeout_seconds, self._headers_too_slow
+            )
+
+    def log_access(self, request: BaseRequest, response: web.StreamResponse, time: float | None) -> None:
+        super().log_access(request, response, time)
+        body = request.content
+        if body.is_eof():
+            self._waiting_unless_queued()
+        else:  # aiohttp reads the rest of the body first (lingering), so not idle yet
+            body.on_eof(self._waiting_unless_queued)
+
+    def _waiting_unless_queued(self) -> None:
+        if not self._messages:  # else a pipelined request is next, and it is whole already
+            self._guard.waiting(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_header_timer()
+        self._guard.lost(self)
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's own answers (a parser error, a failure past every middleware), as our JSON.
+
+        `message` is aiohttp's text for the caller, which quotes the request: it is not used.
+        """
+        self._guard.note_protocol_error(status, exc)
+        if request.writer.output_size > 0:
+            # As aiohttp does: an answer is already on its way, so this connection is beyond saving.
+            raise ConnectionError("response already started; cannot send the error")
+        response = render(protocol_error(status, exc))
+        response.force_close()
+        return response
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport is not None and self._guard.is_waiting(self):
+            self._guard.note("header_timeout", "connection closed: its headers did not arrive in time")
+            self.transport.write(raw_response(HeaderTimeout()))
+            self.force_close()
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+
+class Refusal(asyncio.Protocol):
+    """A connection past the cap when nothing can make room: 503, then closed."""
+
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self._guard = guard
+        self._lingering = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(raw_response(TooManyConnections(headers={"Retry-After": "1"})))
+        if not (transport.can_write_eof() and self._guard.refusal_lingers()):
+            transport.close()
+            return
+        self._lingering = True
+        transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(REFUSAL_LINGER_SECONDS, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        """The request is not read: the answer does not depend on it."""
+
+    def eof_received(self) -> bool:
+        return False  # the client has read and closed: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._lingering:
+            self._lingering = False
+            self._guard.refusal_done()
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections go through a ConnectionGuard."""
+
+    __slots__ = ("_host", "_limits", "_port", "_reuse_port", "guard")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        limits: ServeLimits,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        super().__init__(runner, backlog=BACKLOG)
+        self._host = host
+        self._port = port
+        self._reuse_port = reuse_port
+        self._limits = limits
+        self.guard: ConnectionGuard | None = None
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        self.guard = ConnectionGuard(
+            server,
+            self._limits,
+            {
+                "loop": loop,
+                "keepalive_timeout": self._limits.keepalive_timeout_seconds,
+                "access_log": None,  # request_context logs each request once, with its request_id
+            },
+        )
+        self._server = await loop.create_server(
+            self.guard,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port or None,
+        )
+
+
+async def serve(
+    app: web.Application,
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    stop_signals: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM),
+    parent_pid: int | None = None,
+) -> None:
+    """Serve `app` until a stop signal (or the parent's exit); requests in flight then get
+    SHUTDOWN_GRACE_SECONDS to finish."""
+    limits = ServeLimits.for_this_process(settings)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=max(settings.shutdown_grace_seconds, MIN_SHUTDOWN_TIMEOUT_SECONDS),
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in stop_signals:
+        loop.add_signal_handler(signum, stop.set)
+    watcher = asyncio.create_task(_stop_when_orphaned(parent_pid, stop)) if parent_pid else None
+    await runner.setup()
+    try:
+        site = GuardedSite(runner, settings.api_host, settings.api_port, limits, reuse_port=reuse_port)
+        await site.start()
+        log.info(
+            "api listening",
+            host=settings.api_host,
+            port=settings.api_port,
+            max_connections=limits.max_connections,
+            pid=os.getpid(),
+        )
+        await stop.wait()
+        log.info("api stopping", pid=os.getpid())
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await runner.cleanup()
+
+
+async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
+    """One of several api processes stops when the process that started it is gone."""
+    # Nothing signals a parent's death portably, so look: getppid() changes once it is gone.
+    while os.getppid() == parent_pid:  # noqa: ASYNC110
+        await asyncio.sleep(PARENT_CHECK_SECONDS)
+    log.warning("the api's parent process is gone; stopping", parent_pid=parent_pid)
+    stop.set()
