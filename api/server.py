@@ -31,7 +31,7 @@ import signal
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -278,7 +278,7 @@ class Refusal(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
         transport.write(raw_response(TooManyConnections(headers={"Retry-After": "1"})))
         if not (transport.can_write_eof() and self._guard.refusal_lingers()):
             transport.close()

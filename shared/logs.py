@@ -134,6 +134,8 @@ def configure_logging(
     root.setLevel(level.upper())
     # aiohttp's access log repeats what the request middleware already logs with its request_id.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Pillow narrates every chunk of every image it decodes at DEBUG: noise a caller can order.
+    logging.getLogger("PIL").setLevel(max(logging.INFO, root.level))
     library_filter = LibraryRecordFilter(repeat_interval_seconds)
     for name in _LIBRARY_LOGGERS:
         library_logger = logging.getLogger(name)
