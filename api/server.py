@@ -9,9 +9,9 @@ connections as the process has files; past that, accept() fails over and over. H
   api/middleware.py.) An idle keep-alive connection is closed after API_KEEPALIVE_TIMEOUT_SECONDS.
 - At most API_MAX_CONNECTIONS connections are open in this process (fewer if the open-file limit
   is lower). A new connection beyond that takes the place of the one that has waited longest
-  without a complete request (idle keep-alive, or headers trickling in), so slow clients cannot
-  starve the others; only when every connection is inside a request is the new one answered 503
-  `too_many_connections` at once.
+  without a complete request (idle keep-alive, or headers trickling in; one that has sent nothing
+  yet goes last), so slow clients cannot starve the others; only when every connection is inside
+  a request is the new one answered 503 `too_many_connections` at once.
 - The 400 that aiohttp's parser answers before any middleware runs is our JSON error (`bad_request`),
   and neither the answer nor the log quotes what was sent.
 
@@ -28,6 +28,7 @@ import contextlib
 import os
 import resource
 import signal
+import socket
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,16 +50,22 @@ from shared.settings import Settings
 
 log = structlog.get_logger("api.server")
 
-# Each connection may hold a Redis connection of its own while it is served, and the process
-# needs a few files besides (the listening socket, logs, the arq pool): the cap leaves room for both.
+# Connections the kernel holds for accept(): a burst of new clients waits there rather than having
+# its handshakes dropped (and retried a second or more later). The kernel caps it (somaxconn).
+LISTEN_BACKLOG = 1024
+# asyncio accepts up to this many connections per turn of the loop, before the guard sees any.
+ACCEPT_BATCH = 32
+# Each connection may hold a Redis connection of its own while it is served; the process needs a
+# few files besides (the listening socket, logs, the Redis pools, lingering refusals below); and a
+# turn's accepts hold ACCEPT_BATCH files before the guard runs, while the connections it sheds for
+# them keep theirs until the loop's next turn. The cap leaves room for all of it, so the api never
+# runs out of files (asyncio would then stop accepting anyone for a second).
 FILES_KEPT_FREE = 32
 FILES_PER_CONNECTION = 2
-# Connections the kernel queues for accept(); a burst of new clients waits there, not refused.
-BACKLOG = 512
 # A refused connection gets its 503, then this long to read it before the socket is closed (closing
 # at once, with its request unread, would reset the connection and lose the answer).
 REFUSAL_LINGER_SECONDS = 1.0
-MAX_LINGERING_REFUSALS = 64
+MAX_LINGERING_REFUSALS = 16
 # aiohttp reads a shutdown timeout of 0 as "wait forever"; SHUTDOWN_GRACE_SECONDS=0 means "do not wait".
 MIN_SHUTDOWN_TIMEOUT_SECONDS = 0.001
 PARENT_CHECK_SECONDS = 1.0
@@ -74,7 +81,8 @@ class ServeLimits:
     def for_this_process(cls, settings: Settings) -> ServeLimits:
         """The settings' limits, the connection cap lowered if the open-file limit cannot hold it."""
         open_files = raise_open_file_limit()
-        fitting = max(1, (open_files - FILES_KEPT_FREE) // FILES_PER_CONNECTION)
+        spare = open_files - FILES_KEPT_FREE - 2 * ACCEPT_BATCH
+        fitting = max(1, spare // FILES_PER_CONNECTION)
         cap = min(settings.api_max_connections, fitting)
         if cap < settings.api_max_connections:
             log.warning(
@@ -104,8 +112,8 @@ class ConnectionGuard:
     """The protocol factory of one listening socket: counts connections and keeps the cap.
 
     Connections are either waiting (no whole request yet: new, idle between requests, or sending
-    headers) or busy (a request is being handled). Waiting ones are kept oldest first, so making
-    room is closing the first of them.
+    headers) or busy (a request is being handled). Waiting ones are kept in the order they began
+    to wait, so making room starts from the first of them.
     """
 
     def __init__(self, server: web.Server, limits: ServeLimits, handler_options: dict[str, Any]) -> None:
@@ -117,12 +125,8 @@ class ConnectionGuard:
         self._lingering_refusals = 0
         self._log = OncePerInterval()
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
-
     def __call__(self) -> asyncio.BaseProtocol:
-        if len(self._open) >= self.limits.max_connections and not self._make_room():
+        if len(self._open) >= self.limits.max_connections and not self._room_for_one_more():
             return Refusal(self)
         handler = GuardedRequestHandler(self.server, guard=self, **self._handler_options)
         # Counted from here, not from connection_made: several accepts can come before the first
@@ -131,13 +135,22 @@ class ConnectionGuard:
         self._waiting[handler] = None
         return handler
 
-    def _make_room(self) -> bool:
-        if not self._waiting:
+    def _room_for_one_more(self) -> bool:
+        """At the cap: close the connection that has waited longest without a whole request.
+
+        One that has sent nothing yet goes last: it may be a client whose request is on its way,
+        accepted in the same burst as the newcomer, whereas a slow client has shown itself by
+        sending its bytes slowly. Only with every connection inside a request is there no room.
+        """
+        victim = next((handler for handler in self._waiting if handler.heard_from), None)
+        if victim is None:
+            victim = next(iter(self._waiting), None)
+        if victim is None:
             self.note("refused", "connection refused with 503: every connection is inside a request")
             return False
-        oldest, _ = self._waiting.popitem(last=False)
-        self._open.discard(oldest)
-        oldest.force_close()
+        del self._waiting[victim]
+        self._open.discard(victim)
+        victim.force_close()
         self.note("shed", "connection closed to make room: it had waited longest without a request")
         return True
 
@@ -199,14 +212,16 @@ class ConnectionGuard:
 class GuardedRequestHandler(web.RequestHandler):
     """aiohttp's connection protocol, telling the guard when it waits and when it serves."""
 
-    __slots__ = ("_guard", "_header_timer")
+    __slots__ = ("_guard", "_header_timer", "heard_from")
 
     def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **options: Any) -> None:
         super().__init__(manager, **options)
         self._guard = guard
         self._header_timer: asyncio.TimerHandle | None = None
+        self.heard_from = False  # it has sent something: slow headers, or idle after an answer
 
     def data_received(self, data: bytes) -> None:
+        self.heard_from = True
         guard = self._guard
         was_waiting = guard.is_waiting(self)
         super().data_received(data)
@@ -315,7 +330,7 @@ class GuardedSite(web.BaseSite):
         *,
         reuse_port: bool = False,
     ) -> None:
-        super().__init__(runner, backlog=BACKLOG)
+        super().__init__(runner, backlog=ACCEPT_BATCH)
         self._host = host
         self._port = port
         self._reuse_port = reuse_port
@@ -340,13 +355,29 @@ class GuardedSite(web.BaseSite):
                 "access_log": None,  # request_context logs each request once, with its request_id
             },
         )
-        self._server = await loop.create_server(
-            self.guard,
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_port=self._reuse_port or None,
-        )
+        sock = _bound_socket(self._host, self._port, reuse_port=self._reuse_port)
+        # The loop listens with its backlog, which is also how many it accepts per turn; the
+        # kernel's queue is then made deeper on the same socket.
+        self._server = await loop.create_server(self.guard, sock=sock, backlog=self._backlog)
+        sock.listen(LISTEN_BACKLOG)
+
+
+def _bound_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to the first address `host` resolves to (as the api listens on one)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def serve(

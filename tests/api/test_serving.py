@@ -96,9 +96,12 @@ async def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(serve_a
 
 
 async def test_past_the_cap_the_connection_idle_longest_makes_room(serve_api: ServeApi) -> None:
-    """At API_MAX_CONNECTIONS a new connection is served; the oldest idle one is closed for it."""
+    """At API_MAX_CONNECTIONS a new connection is served; the one idle longest is closed for it."""
     api = serve_api(api_max_connections=3)
     idle = [await asyncio.open_connection("127.0.0.1", api.port) for _ in range(3)]
+    for reader, writer in idle:  # each served once, then idle, kept alive
+        writer.write(HEALTH)
+        assert (await asyncio.wait_for(read_answer(reader), DEADLINE_SECONDS)).status == 200
 
     answer = await exchange(api.port, HEALTH)
 
@@ -129,6 +132,25 @@ async def test_when_every_connection_is_inside_a_request_a_new_one_gets_503_at_o
     assert (answer.status, answer.json()["code"]) == (503, "too_many_connections")
     assert answer.headers["retry-after"] == "1"
     assert [(await upload).status for upload in uploads] == [504, 504]  # they were served to the end
+
+
+async def test_a_connection_heard_from_is_shed_before_a_silent_new_one(serve_api: ServeApi) -> None:
+    """A connection that has sent nothing yet may have its request on its way, so at the cap one
+    that has already been served (or is trickling headers) is closed first, though it is newer."""
+    api = serve_api(api_max_connections=2)
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", api.port)
+    served_reader, served_writer = await asyncio.open_connection("127.0.0.1", api.port)
+    served_writer.write(HEALTH)
+    assert (await asyncio.wait_for(read_answer(served_reader), DEADLINE_SECONDS)).status == 200
+
+    newcomer = await exchange(api.port, HEALTH)
+    silent_writer.write(HEALTH)
+
+    assert newcomer.status == 200
+    assert await closed_by_the_api(served_reader)
+    assert (await asyncio.wait_for(read_answer(silent_reader), DEADLINE_SECONDS)).status == 200
+    silent_writer.close()
+    served_writer.close()
 
 
 @pytest.mark.parametrize(

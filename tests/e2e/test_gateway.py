@@ -9,12 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.fixtures.simulator import wait_until
 from tests.fixtures.stack import TEST_KEYS, Stack, headers
-
-# A 1x1 PNG: the smallest file every image check accepts.
-PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
-)
+from tests.images import PNG  # a real image: the api decodes what it is sent
 
 
 async def create(
