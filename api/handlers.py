@@ -141,7 +141,9 @@ async def create_generation(request: web.Request, caller: Caller) -> web.Respons
 async def create_batch(request: web.Request, caller: Caller) -> web.Response:
     """POST /api/generations/batch: many generations in one request, all or nothing, in order."""
     settings = request.app[SETTINGS]
-    body = await body_as(request, BatchRequest, max_items=settings.batch_max_items)
+    body = await body_as(
+        request, BatchRequest, max_bytes=settings.batch_max_body_bytes, max_items=settings.batch_max_items
+    )
     done = await submissions.submit(request, caller, body.creates(), kind="batch", body=body.model_dump())
     return json_response(
         {"message": "Success", "batch_id": done.batch_id, "data": done.views}, headers=done.headers

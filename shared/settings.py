@@ -110,8 +110,10 @@ class Settings(BaseSettings):
     api_event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     # Browser origins allowed to call the api, comma separated; empty: none; `*`: any.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # A create's (and every other JSON) body; batch bodies get their own, larger limit.
+    # A create's (and every other JSON) body; a batch's has its own, larger limit: BATCH_MAX_ITEMS
+    # items of the longest prompt, with room for their options.
     create_max_body_bytes: int = Field(default=64 * KIB, ge=1)
+    batch_max_body_bytes: int = Field(default=8 * MIB, ge=1)
 
     # Callers' keys, comma separated; each key is one key holder. Empty: the api runs open.
     secret_key: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)

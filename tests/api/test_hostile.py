@@ -298,3 +298,20 @@ async def test_no_key_or_cookie_reaches_a_log_or_an_answer(
     assert "malformed request refused" in log  # the parser errors were logged, by kind
     assert not [secret for secret in SECRETS if secret in log]
     assert "Traceback" not in log
+
+
+async def test_a_batch_has_its_own_larger_body_limit(hostile_api: ApiProcess) -> None:
+    """A body past CREATE_MAX_BODY_BYTES is refused for a create but taken for a batch."""
+    items = [{"prompt": f"{n} " + "a fox in the snow " * 30} for n in range(200)]
+    body = json.dumps({"items": items}).encode()
+    assert 64 * 1024 < len(body) < 8 * 1024 * 1024
+
+    batch = await exchange(
+        hostile_api.port,
+        request("POST", "/api/generations/batch", "Content-Type: application/json", body=body),
+    )
+    create = await exchange(hostile_api.port, json_create(body))
+
+    assert batch.status == 200, batch.raw[:300]
+    assert len(batch.json()["data"]) == 200
+    assert (create.status, create.json()["code"]) == (413, "too_large")
