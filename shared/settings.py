@@ -262,6 +262,8 @@ class Settings(BaseSettings):
                     f"REDIS_SOCKET_TIMEOUT_SECONDS ({self.redis_socket_timeout_seconds:g}): "
                     "a call blocks on Redis that long"
                 )
+        return self
+
     @field_validator("access_token")
     @classmethod
     def _token_is_a_cookie_line(cls, value: str) -> str:

@@ -3,7 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.receiver",
     "tests.fixtures.redis",
-    "tests.fixtures.api_process",  # after redis: it uses redis's helpers
+    "tests.fixtures.api_process",
     "tests.fixtures.simulator",
     "tests.fixtures.stack",
 ]

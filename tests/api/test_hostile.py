@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis_asyncio
 
+from cli.redis_server import RedisServer
 from tests.api.conftest import redis_state
 from tests.fixtures.api_process import ApiProcess, ServeApi, exchange, read_answer, start_api
-from tests.fixtures.redis import RedisServer
 from tests.images import JPEG, PNG
 
 KEY = "HOSTILE-KEY-7f3a91"
