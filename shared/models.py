@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared.settings import CookieLine
 from shared.states import PUBLIC_STATE, TERMINAL_PHASES, Phase, State
 
 # Re-exported: code that only needs a record's vocabulary imports it from here.
@@ -324,6 +325,6 @@ class AccountUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     enabled: bool | None = None
-    cookie: str | None = Field(default=None, min_length=1, repr=False)
+    cookie: CookieLine | None = Field(default=None, min_length=1, repr=False)
     max_concurrency: int | None = Field(default=None, ge=1, le=100)
     max_queue: int | None = Field(default=None, ge=0)

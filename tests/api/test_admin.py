@@ -119,6 +119,7 @@ async def test_changing_an_unknown_account_is_unknown_account(
         ("PATCH", "/api/admin/accounts/known", {"max_concurrency": 0}, "max_concurrency"),
         ("PATCH", "/api/admin/accounts/known", {"max_queue": -1}, "max_queue"),
         ("PATCH", "/api/admin/accounts/known", {"cookie": ""}, "cookie"),
+        ("PATCH", "/api/admin/accounts/known", {"cookie": "access_token=a\r\nX-Evil: 1"}, "cookie"),
         ("PATCH", "/api/admin/accounts/known", {"enabled": "sometimes"}, "enabled"),
         ("PATCH", "/api/admin/accounts/known", {"max_concurency": 2}, "max_concurency"),
     ],
