@@ -147,6 +147,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--loadgen", choices=["auto", WRK, PYTHON_FALLBACK], default="auto")
     parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
+    parser.add_argument(
+        "--redis-reference",
+        action="store_true",
+        help="also run a bare app that makes the product's Redis round trips (a second yardstick)",
+    )
     parser.add_argument("--api-log-level", default="INFO", help="the api's LOG_LEVEL (production default)")
     parser.add_argument("--bare-loop", choices=["auto", "asyncio", "uvloop"], default="auto")
     parser.add_argument("--profile", type=Path, help="also profile the api with py-spy; files go here")
@@ -222,16 +227,17 @@ async def product_responses(api_url: str, detail_id: str) -> dict[str, Any]:
 
 
 async def start_bare(
-    directory: Path, responses: dict[str, Any], loop: str
+    directory: Path, responses: dict[str, Any], loop: str, redis_url: str | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     path = directory / "responses.json"
     path.write_text(json.dumps(responses))
     port = free_port()
     script = Path(__file__).parent / "support" / "bare_app.py"
-    process = spawn(
-        [sys.executable, str(script), "--port", str(port), "--responses", str(path), "--loop", loop],
-        directory / "bare.log", directory,
-    )  # fmt: skip
+    command = [sys.executable, str(script), "--port", str(port), "--responses", str(path), "--loop", loop]
+    if redis_url:
+        command += ["--redis", redis_url]
+    name = "bare-redis" if redis_url else "bare"
+    process = spawn(command, directory / f"{name}.log", directory)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     async with aiohttp.ClientSession() as http:
@@ -334,9 +340,15 @@ def summarize(runs: list[Run], endpoints: list[str]) -> dict[str, dict[str, floa
     for endpoint in endpoints:
         bare = [run for run in runs if run.endpoint == endpoint and run.target == "bare"]
         product = [run for run in runs if run.endpoint == endpoint and run.target == "product"]
+        reference = [run for run in runs if run.endpoint == endpoint and run.target == "bare-redis"]
         # Paired by round: each ratio compares runs a few seconds apart, under the same noise.
         ratios = [p.load.rps / b.load.rps for b, p in zip(bare, product, strict=True) if b.load.rps]
+        to_reference = [
+            p.load.rps / r.load.rps for r, p in zip(reference, product, strict=False) if r.load.rps
+        ]
         table[endpoint] = {
+            "bare_redis_rps": round(median([run.load.rps for run in reference]), 1),
+            "ratio_to_bare_redis": round(median(to_reference), 3),
             "bare_rps": round(median([run.load.rps for run in bare]), 1),
             "bare_p50_ms": round(median([run.load.p50_ms for run in bare]), 2),
             "bare_p99_ms": round(median([run.load.p99_ms for run in bare]), 2),
@@ -373,6 +385,14 @@ def render(table: dict[str, dict[str, float]]) -> str:
             f" {row['redis_commands_per_request']:>9.2f} {row['redis_reads_per_request']:>5.2f} |"
             f" {row['api_cpu_seconds_per_1k']:>12.3f} {row['bare_cpu_seconds_per_1k']:>6.3f}"
         )
+    if any(row["bare_redis_rps"] for row in table.values()):
+        lines.append("")
+        lines.append("bare + the product's Redis round trips (bare_app.py --redis), next to the api:")
+        for endpoint, row in table.items():
+            lines.append(
+                f"{endpoint:<8} bare+redis {row['bare_redis_rps']:>8,.0f} req/s"
+                f" | api {row['product_rps']:>8,.0f} req/s | ratio {row['ratio_to_bare_redis']:.2f}"
+            )
     lines.append(
         "latencies in ms; req/s, latencies, CPU and Redis counts are medians over the rounds; ratio ="
         " median of per-round api/bare req/s. Redis per request, all clients (api and worker), less"
@@ -404,6 +424,12 @@ async def bench(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         bare_process, bare_url = await start_bare(directory, responses, args.bare_loop)
         api = Target("product", stack.api_url, stack.api_process.pid)
         bare = Target("bare", bare_url, bare_process.pid)
+        # The second yardstick goes first in each round, so that the run right before the api's
+        # is still the bare one, whose Redis background the api's count is netted against.
+        references: list[Target] = []
+        if args.redis_reference:
+            ref_process, ref_url = await start_bare(directory, responses, args.bare_loop, stack.redis_url)
+            references = [Target("bare-redis", ref_url, ref_process.pid)]
         loops = {"api": event_loop_of(api.pid), "bare": event_loop_of(bare.pid)}
         print(
             f"load: {tool} -t{args.threads} -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds"
@@ -412,13 +438,13 @@ async def bench(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             flush=True,
         )
         for endpoint in args.endpoints:  # unrecorded: connections, caches, Redis's script cache
-            for target in (bare, api):
+            for target in (*references, bare, api):
                 await measure(args, tool, stack, target, endpoint, detail_id, directory, args.warmup)
         background = await background_rate(stack.redis)
         runs: list[Run] = []
         for round_no in range(1, args.rounds + 1):
             for endpoint in args.endpoints:
-                for target in (bare, api):
+                for target in (*references, bare, api):
                     run = await measure(
                         args, tool, stack, target, endpoint, detail_id, directory, args.duration
                     )
