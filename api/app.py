@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 import structlog
 from aiohttp import web
 
-from api import handlers, processes, server, webhooks
+from api import dashboard, handlers, processes, server, webhooks
 from api.appkeys import ARQ, EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE, WEBHOOKS
 from api.auth import KEYRING, KeyRing
 from api.errors import error_middleware
@@ -100,6 +100,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/admin/holders", handlers.list_holders)
     app.router.add_patch("/api/admin/holders/{owner}", handlers.update_holder)
     app.router.add_get("/healthz", handlers.health)
+    app.router.add_get("/", dashboard.index)
+    app.router.add_get("/dashboard/{name}", dashboard.asset)
     return app
 
 
