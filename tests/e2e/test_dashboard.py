@@ -1,0 +1,292 @@
+"""The dashboard in a real headless Chromium, against a real stack: the api on a real port, a worker
+process, the simulator and Redis. What a person does on the page, and what it changed behind it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+from playwright.async_api import Page, Response, expect
+from redis.asyncio import Redis
+
+from api.auth import owner_id
+from shared import keys
+from simulator.media import VIDEO_BYTES
+from simulator.testing import RunningSimulator
+from tests.e2e.helpers import records
+from tests.fixtures.browser import Browser
+from tests.fixtures.simulator import simulator_with, wait_until
+from tests.fixtures.stack import ADMIN_KEY, TEST_KEYS, WorkerProcess, accounts_for, headers
+
+# A 2x2 PNG with real chunks and CRCs: what any image check, however strict, accepts.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000020000000208020000"
+    "00fdd49a730000001649444154789c63f8cfc0f09f81e13f03c3ff0c0c"
+    "0c00253e04fd4ca2b0b90000000049454e44ae426082"
+)
+
+
+# A GET of the list or of one generation: what a page that polls would send.
+GENERATION_READ = re.compile(r"^GET \S*/api/generations(\?|/[0-9a-f-]{36}$)")
+
+
+def page_url(api: TestClient[Any, Any]) -> str:
+    return str(api.make_url("/"))
+
+
+async def sign_in(page: Page, api: TestClient[Any, Any], key: str) -> None:
+    await page.goto(page_url(api))
+    await page.get_by_label("Secret key").fill(key)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+def card(page: Page, gen_id: str | None = None) -> Any:
+    return page.locator(f'.card[data-id="{gen_id}"]') if gen_id else page.locator(".card")
+
+
+async def newest_card_id(page: Page) -> str:
+    await expect(card(page).first).to_be_visible()
+    gen_id = await card(page).first.get_attribute("data-id")
+    assert gen_id
+    return gen_id
+
+
+async def record_card_states(page: Page) -> None:
+    """Keep, in the page, every state each card has shown, in order (read by `card_states`)."""
+    await page.evaluate(
+        """() => {
+          window.seenStates = {};
+          const note = () => {
+            for (const el of document.querySelectorAll('.card')) {
+              const seen = (window.seenStates[el.dataset.id] ??= []);
+              if (el.dataset.state && seen[seen.length - 1] !== el.dataset.state) seen.push(el.dataset.state);
+            }
+          };
+          new MutationObserver(note).observe(document.getElementById('cards'),
+            {subtree: true, childList: true, attributes: true, attributeFilter: ['data-state']});
+          window.notReloaded = true;
+        }"""
+    )
+
+
+async def card_states(page: Page, gen_id: str) -> list[str]:
+    states: list[str] = await page.evaluate("(id) => window.seenStates[id] ?? []", gen_id)
+    return states
+
+
+@simulator_with(pending_seconds=0.8, processing_seconds=1.5)
+async def test_a_generation_made_from_the_form_goes_live_from_pending_to_a_video_that_serves(
+    browser: Browser,
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """Sign in, create from the form, and watch the card reach a player, pushed, never polled."""
+    start_worker(accounts_for(simulator, {"sim-1": 2}))
+    page = browser.page
+
+    await sign_in(page, api_client, "not-a-key")
+    await expect(page.locator("#signin-error")).to_have_text(
+        "This key was not accepted. Check it and try again."
+    )
+    assert await page.evaluate("Object.keys(localStorage)") == []
+    await page.get_by_label("Secret key").fill(TEST_KEYS[0])
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#gallery-empty")).to_be_visible()
+    await expect(page.locator("#live-status")).to_have_attribute("data-status", "live")
+    assert await page.evaluate("localStorage.getItem('luma-queue.key')") == TEST_KEYS[0]
+    await browser.shot("signed-in")
+
+    await record_card_states(page)
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(f"{request.method} {request.url}"))
+    responses: list[Response] = []
+    page.on("response", lambda response: responses.append(response))
+
+    await page.get_by_label("Prompt", exact=True).fill("A red fox running through fresh snow")
+    await page.get_by_label("Aspect ratio").select_option("9:16")
+    await page.get_by_label("Loop", exact=True).check()
+    await page.get_by_role("button", name="Generate", exact=True).click()
+    gen_id = await newest_card_id(page)
+    await expect(card(page, gen_id)).to_have_attribute("data-state", "pending")
+    await browser.shot("pending")
+    await expect(card(page, gen_id)).to_have_attribute("data-state", "processing")
+    await browser.shot("processing")
+    await expect(card(page, gen_id)).to_have_attribute("data-state", "completed")
+    detail = await api_client.get(f"/api/generations/{gen_id}", headers=headers())
+    video_url = (await detail.json())["data"]["video"]["url"]
+    assert video_url.startswith(simulator.url)
+    video = card(page, gen_id).locator("video")
+    await expect(video).to_have_attribute("src", video_url)
+    await browser.shot("completed")
+
+    assert await card_states(page, gen_id) == ["pending", "processing", "completed"]
+    assert await page.evaluate("window.notReloaded") is True
+    # After the create, no list or detail was read: every change was pushed.
+    reads = [line for line in asked if GENERATION_READ.search(line)]
+    assert reads == [], reads
+
+    [stored] = await records(redis, [gen_id])
+    assert (stored.prompt, stored.aspect_ratio, stored.loop) == (
+        "A red fox running through fresh snow",
+        "9:16",
+        True,
+    )
+    played = [response for response in responses if response.url == video_url]
+    assert played and played[0].status == 200  # the browser's own player fetched it
+    async with aiohttp.ClientSession() as session, session.get(video_url) as answer:
+        assert answer.status == 200 and await answer.read() == VIDEO_BYTES
+
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_label("Secret key")).to_be_visible()
+    assert await page.evaluate("Object.keys(localStorage)") == []
+
+
+@simulator_with(pending_seconds=0.3, processing_seconds=0.5)
+async def test_an_image_chosen_with_the_file_input_is_uploaded_and_the_videos_start_from_it(
+    browser: Browser,
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """The picked file reaches a Luma account before Generate, and one create and a batch use it."""
+    start_worker(accounts_for(simulator, {"sim-1": 3}))
+    page = browser.page
+    await sign_in(page, api_client, TEST_KEYS[0])
+    await expect(page.locator("#gallery-empty")).to_be_visible()
+
+    await page.locator("#image-file").set_input_files(
+        files=[{"name": "fox.png", "mimeType": "image/png", "buffer": PNG}]
+    )
+    dropzone = page.locator("#dropzone")
+    await expect(dropzone).to_have_attribute("data-state", "ready")
+    await expect(page.locator("#image-preview")).to_be_visible()
+    public_url = await dropzone.get_attribute("data-public-url")
+    assert public_url and public_url.startswith(simulator.url)
+    [upload] = simulator.state.uploads.values()
+    assert upload.data == PNG and upload.content_type == "image/png"
+    await browser.shot("image-ready")
+
+    await page.get_by_label("Prompt", exact=True).fill("The fox looks up")
+    await page.get_by_role("button", name="Generate", exact=True).click()
+    first = await newest_card_id(page)
+    await expect(card(page, first).locator("img.image-used")).to_have_attribute("src", public_url)
+    await browser.shot("with-image")
+
+    await page.get_by_text("Batch", exact=True).click()
+    await page.get_by_label("Prompts, one per line").fill(
+        "The fox jumps\n\nThe fox lands\nThe fox runs off\n"
+    )
+    await page.get_by_role("button", name="Generate 3 videos").click()
+    await expect(card(page)).to_have_count(4)
+    prompts = await page.locator(".card .prompt").all_inner_texts()
+    assert prompts == ["The fox runs off", "The fox lands", "The fox jumps", "The fox looks up"]
+    ids = [gen_id for gen_id in await card(page).evaluate_all("els => els.map(el => el.dataset.id)")]
+
+    for gen_id in ids:
+        await expect(card(page, gen_id)).to_have_attribute("data-state", "completed")
+    await browser.shot("all-completed")
+    found = await records(redis, ids)
+    assert {record.image for record in found} == {public_url}
+    assert len({record.batch_id for record in found if record.batch_id}) == 1
+    upstream = simulator.state.generation_reports()
+    assert sorted(report["prompt"] for report in upstream) == sorted(prompts)
+    assert {report["image_url"] for report in upstream} == {public_url}
+
+
+@simulator_with(pending_seconds=0.3, processing_seconds=0.5)
+async def test_an_admin_revives_an_expired_account_by_pasting_a_new_cookie(
+    browser: Browser,
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """The page shows the account expired; a cookie pasted in its dialog brings it back, and work runs."""
+    start_worker(accounts_for(simulator, {"sim-1": 2}))
+    simulator.state.expire_account("sim-1")
+    response = await api_client.post(
+        "/api/generations/create", json={"prompt": "waits for a live account"}, headers=headers()
+    )
+    gen_id = (await response.json())["data"][0]["id"]
+
+    async def expired() -> bool:
+        return await redis.hget(keys.account("sim-1"), "state") == b"expired"
+
+    await wait_until(expired, within=20)
+
+    page = browser.page
+    await sign_in(page, api_client, ADMIN_KEY)
+    row = page.locator('#accounts tr[data-account="sim-1"]')
+    await expect(row).to_have_attribute("data-state", "expired")
+    await expect(row.locator(".badge").first).to_have_text("Expired")
+    await expect(page.locator(f'#holders tr[data-holder="{owner_id(TEST_KEYS[0])}"] td').nth(1)).to_have_text(
+        "1"
+    )
+    await browser.shot("expired")
+
+    simulator.state.set_token("sim-1", "sim-token-1-renewed")
+    await row.get_by_role("button", name="New cookie").click()
+    dialog = page.get_by_role("dialog", name="New cookie for sim-1")
+    await dialog.get_by_label("Cookie").fill("access_token=sim-token-1-renewed")
+    await browser.shot("new-cookie")
+    await dialog.get_by_role("button", name="Save cookie").click()
+    await expect(page.get_by_text("sim-1 is active again.")).to_be_visible()
+    await expect(row).to_have_attribute("data-state", "active")
+    await expect(dialog).to_be_hidden()
+
+    async def completed() -> bool:
+        [record] = await records(redis, [gen_id])
+        return record.state == "completed"
+
+    await wait_until(completed, within=20)
+    assert [report["account"] for report in simulator.state.generation_reports()] == ["sim-1"]
+
+
+async def test_on_a_phone_a_refused_create_reads_as_a_sentence_and_a_waiting_card_is_cancelled(
+    browser: Browser, api_client: TestClient[Any, Any], redis: Redis
+) -> None:
+    """No worker runs, so generations wait: a queue limit's refusal, a cancel, and the filters."""
+    holder = owner_id(TEST_KEYS[0])
+    limited = await api_client.patch(
+        f"/api/admin/holders/{holder}", json={"max_queued": 2}, headers=headers(ADMIN_KEY)
+    )
+    assert limited.status == 200, await limited.text()
+    page = browser.page
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await sign_in(page, api_client, TEST_KEYS[0])
+    await expect(page.locator("#gallery-empty")).to_be_visible()
+
+    for prompt in ("first in line", "second in line"):
+        await page.get_by_label("Prompt", exact=True).fill(prompt)
+        await page.get_by_role("button", name="Generate", exact=True).click()
+        await expect(page.locator(".card .prompt").first).to_have_text(prompt)
+    await expect(page.locator(".card .placeholder .big").first).to_have_text("#2 in line")
+    stored_before = await redis.dbsize()
+
+    await page.get_by_label("Prompt", exact=True).fill("one too many")
+    await page.get_by_role("button", name="Generate", exact=True).click()
+    refusal = page.locator("#prompt-error")
+    await expect(refusal).to_contain_text("you have 2 generations waiting, your limit; nothing was stored")
+    assert "{" not in await refusal.inner_text()
+    await expect(card(page)).to_have_count(2)
+    assert await redis.dbsize() == stored_before
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    await browser.shot("refused")
+
+    waiting = page.locator(".card", has_text="first in line")
+    await waiting.get_by_role("button", name="Cancel").click()
+    await expect(waiting).to_have_attribute("data-state", "failed")
+    await expect(waiting.locator(".reason")).to_have_text("Cancelled before it reached Luma")
+
+    await page.get_by_role("button", name="Failed").click()
+    await expect(page.locator(".card .prompt")).to_have_text(["first in line"])
+    await page.get_by_role("button", name="Completed").click()
+    await expect(page.locator("#gallery-empty")).to_contain_text("No finished videos yet")
+    await expect(card(page)).to_have_count(0)
+    await browser.shot("filtered")
