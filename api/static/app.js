@@ -64,7 +64,8 @@ async function boot() {
     if (storedKey && !holder) localStorage.removeItem(STORED_KEY);
     if (storedAdmin && adminState !== "yes") localStorage.removeItem(STORED_ADMIN_KEY);
     const adminKey = adminState === "yes" ? storedAdmin : "";
-    if ((storedKey && holder) || adminKey) {
+    // An open gateway has no key to ask for: straight in (the admin view asks for its own).
+    if (session.open || (storedKey && holder) || adminKey) {
       enter({ key: session.open ? "" : storedKey, holder, adminKey });
     } else {
       const forgotten = (storedKey && !holder) || (storedAdmin && adminState !== "yes");
@@ -90,10 +91,6 @@ function showOnly(id) {
 function signInScreen(message = null) {
   show($("tabs"), false);
   show($("session"), false);
-  show($("signin-open"), session.open);
-  show($("signin-intro"), !session.open);
-  $("signin-key-label").textContent = session.open ? "Admin key (optional)" : "Secret key";
-  $("signin-submit").textContent = session.open ? "Continue" : "Sign in";
   signInError(message);
   showOnly("signin");
   $("signin-key").value = "";
@@ -111,7 +108,7 @@ $("signin-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const key = $("signin-key").value.trim();
   const button = $("signin-submit");
-  if (!key && !session.open) {
+  if (!key) {
     signInError("Enter your key.");
     $("signin-key").focus();
     return;
@@ -119,16 +116,6 @@ $("signin-form").addEventListener("submit", async (event) => {
   button.disabled = true;
   signInError(null);
   try {
-    if (session.open) {
-      const adminState = key ? await administers(key) : "no";
-      if (key && adminState !== "yes") {
-        signInError("This is not the admin key. Leave the field empty to continue without it.");
-        return;
-      }
-      if (key) localStorage.setItem(STORED_ADMIN_KEY, key);
-      enter({ key: "", holder: true, adminKey: key });
-      return;
-    }
     // A holder's key is not the admin key: only a key that holds nothing is tried as the admin's.
     const holder = await holds(key);
     const adminState = holder ? "no" : await administers(key);
@@ -161,7 +148,8 @@ function signOut(message = null) {
   session.holder = false;
   session.adminKey = "";
   if (location.hash) history.replaceState(null, "", location.pathname);
-  signInScreen(message);
+  if (session.open) enter({ key: "", holder: true, adminKey: "" }); // nothing else to sign out of
+  else signInScreen(message);
 }
 
 function expired() {
@@ -187,6 +175,7 @@ function enter({ key, holder, adminKey }) {
   show($("tabs"), true);
   show($("tab-admin"), session.adminEnabled);
   show($("session"), true);
+  showSignOut();
   const roles = [session.open ? "Open gateway" : holder ? "Signed in" : null, adminKey ? "admin" : null];
   $("who").textContent = roles.filter(Boolean).join(" · ");
   show($("live-status"), holder);
@@ -203,6 +192,11 @@ function enter({ key, holder, adminKey }) {
   usage.refresh(usageKey());
   if (!holder && location.hash !== "#admin") history.replaceState(null, "", "#admin");
   route();
+}
+
+// On an open gateway there is only the admin key to forget.
+function showSignOut() {
+  show($("sign-out"), !session.open || Boolean(session.adminKey));
 }
 
 function usageKey() {
@@ -294,6 +288,7 @@ $("admin-unlock").addEventListener("submit", async (event) => {
   localStorage.setItem(STORED_ADMIN_KEY, key);
   session.adminKey = key;
   $("who").textContent = [$("who").textContent, "admin"].filter(Boolean).join(" · ");
+  showSignOut();
   route();
 });
 

@@ -1,25 +1,36 @@
 """The dashboard in a real headless Chromium, against a real stack: the api on a real port, a worker
-process, the simulator and Redis. What a person does on the page, and what it changed behind it."""
+process, the simulator and Redis. What a person does on the page, and what it changed behind it.
+
+One Chromium serves the whole module (a fresh context per test), so the module runs in one event
+loop, and builds its stack (api, simulator, Redis client) in that loop too.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestClient
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Page, Response, expect
 from redis.asyncio import Redis
 
+from api.app import create_app
 from api.auth import owner_id
 from shared import keys
+from simulator.config import SimulatorConfig
 from simulator.media import VIDEO_BYTES
 from simulator.testing import RunningSimulator
 from tests.e2e.helpers import records
 from tests.fixtures.browser import Browser
 from tests.fixtures.simulator import simulator_with, wait_until
-from tests.fixtures.stack import ADMIN_KEY, TEST_KEYS, WorkerProcess, accounts_for, headers
+from tests.fixtures.stack import ADMIN_KEY, TEST_KEYS, WorkerProcess, accounts_for, api_settings, headers
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 # A 2x2 PNG with real chunks and CRCs: what any image check, however strict, accepts.
 PNG = bytes.fromhex(
@@ -27,6 +38,37 @@ PNG = bytes.fromhex(
     "00fdd49a730000001649444154789c63f8cfc0f09f81e13f03c3ff0c0c"
     "0c00253e04fd4ca2b0b90000000049454e44ae426082"
 )
+
+
+@dataclass
+class Stack:
+    api: TestClient[Any, Any]
+    simulator: RunningSimulator
+    redis: Redis  # bytes replies, as tests.e2e.helpers reads records
+
+
+@pytest.fixture
+def api_overrides() -> dict[str, object]:
+    """Settings of the api under test beyond api_settings' (parametrize to change them)."""
+    return {}
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def stack(
+    browser: Browser, redis_url: str, simulator_config: SimulatorConfig, api_overrides: dict[str, object]
+) -> AsyncIterator[Stack]:
+    async with RunningSimulator(simulator_config) as simulator:
+        api: TestClient[Any, Any] = TestClient(
+            TestServer(create_app(api_settings(redis_url, **api_overrides)))
+        )
+        await api.start_server()
+        redis = Redis.from_url(redis_url)
+        try:
+            yield Stack(api, simulator, redis)
+            await browser.finish()  # the page as the test left it, before its api goes away
+        finally:
+            await redis.aclose()
+            await api.close()
 
 
 # A GET of the list or of one generation: what a page that polls would send.
@@ -79,17 +121,14 @@ async def card_states(page: Page, gen_id: str) -> list[str]:
 
 @simulator_with(pending_seconds=0.8, processing_seconds=1.5)
 async def test_a_generation_made_from_the_form_goes_live_from_pending_to_a_video_that_serves(
-    browser: Browser,
-    api_client: TestClient[Any, Any],
-    simulator: RunningSimulator,
-    start_worker: Callable[..., WorkerProcess],
-    redis: Redis,
+    browser: Browser, stack: Stack, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     """Sign in, create from the form, and watch the card reach a player, pushed, never polled."""
+    api, simulator, redis = stack.api, stack.simulator, stack.redis
     start_worker(accounts_for(simulator, {"sim-1": 2}))
     page = browser.page
 
-    await sign_in(page, api_client, "not-a-key")
+    await sign_in(page, api, "not-a-key")
     await expect(page.locator("#signin-error")).to_have_text(
         "This key was not accepted. Check it and try again."
     )
@@ -117,7 +156,7 @@ async def test_a_generation_made_from_the_form_goes_live_from_pending_to_a_video
     await expect(card(page, gen_id)).to_have_attribute("data-state", "processing")
     await browser.shot("processing")
     await expect(card(page, gen_id)).to_have_attribute("data-state", "completed")
-    detail = await api_client.get(f"/api/generations/{gen_id}", headers=headers())
+    detail = await api.get(f"/api/generations/{gen_id}", headers=headers())
     video_url = (await detail.json())["data"]["video"]["url"]
     assert video_url.startswith(simulator.url)
     video = card(page, gen_id).locator("video")
@@ -148,16 +187,13 @@ async def test_a_generation_made_from_the_form_goes_live_from_pending_to_a_video
 
 @simulator_with(pending_seconds=0.3, processing_seconds=0.5)
 async def test_an_image_chosen_with_the_file_input_is_uploaded_and_the_videos_start_from_it(
-    browser: Browser,
-    api_client: TestClient[Any, Any],
-    simulator: RunningSimulator,
-    start_worker: Callable[..., WorkerProcess],
-    redis: Redis,
+    browser: Browser, stack: Stack, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     """The picked file reaches a Luma account before Generate, and one create and a batch use it."""
+    api, simulator, redis = stack.api, stack.simulator, stack.redis
     start_worker(accounts_for(simulator, {"sim-1": 3}))
     page = browser.page
-    await sign_in(page, api_client, TEST_KEYS[0])
+    await sign_in(page, api, TEST_KEYS[0])
     await expect(page.locator("#gallery-empty")).to_be_visible()
 
     await page.locator("#image-file").set_input_files(
@@ -201,16 +237,13 @@ async def test_an_image_chosen_with_the_file_input_is_uploaded_and_the_videos_st
 
 @simulator_with(pending_seconds=0.3, processing_seconds=0.5)
 async def test_an_admin_revives_an_expired_account_by_pasting_a_new_cookie(
-    browser: Browser,
-    api_client: TestClient[Any, Any],
-    simulator: RunningSimulator,
-    start_worker: Callable[..., WorkerProcess],
-    redis: Redis,
+    browser: Browser, stack: Stack, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     """The page shows the account expired; a cookie pasted in its dialog brings it back, and work runs."""
+    api, simulator, redis = stack.api, stack.simulator, stack.redis
     start_worker(accounts_for(simulator, {"sim-1": 2}))
     simulator.state.expire_account("sim-1")
-    response = await api_client.post(
+    response = await api.post(
         "/api/generations/create", json={"prompt": "waits for a live account"}, headers=headers()
     )
     gen_id = (await response.json())["data"][0]["id"]
@@ -221,7 +254,7 @@ async def test_an_admin_revives_an_expired_account_by_pasting_a_new_cookie(
     await wait_until(expired, within=20)
 
     page = browser.page
-    await sign_in(page, api_client, ADMIN_KEY)
+    await sign_in(page, api, ADMIN_KEY)
     row = page.locator('#accounts tr[data-account="sim-1"]')
     await expect(row).to_have_attribute("data-state", "expired")
     await expect(row.locator(".badge").first).to_have_text("Expired")
@@ -249,17 +282,18 @@ async def test_an_admin_revives_an_expired_account_by_pasting_a_new_cookie(
 
 
 async def test_on_a_phone_a_refused_create_reads_as_a_sentence_and_a_waiting_card_is_cancelled(
-    browser: Browser, api_client: TestClient[Any, Any], redis: Redis
+    browser: Browser, stack: Stack
 ) -> None:
     """No worker runs, so generations wait: a queue limit's refusal, a cancel, and the filters."""
+    api, redis = stack.api, stack.redis
     holder = owner_id(TEST_KEYS[0])
-    limited = await api_client.patch(
+    limited = await api.patch(
         f"/api/admin/holders/{holder}", json={"max_queued": 2}, headers=headers(ADMIN_KEY)
     )
     assert limited.status == 200, await limited.text()
     page = browser.page
     await page.set_viewport_size({"width": 390, "height": 844})
-    await sign_in(page, api_client, TEST_KEYS[0])
+    await sign_in(page, api, TEST_KEYS[0])
     await expect(page.locator("#gallery-empty")).to_be_visible()
 
     for prompt in ("first in line", "second in line"):
@@ -290,3 +324,31 @@ async def test_on_a_phone_a_refused_create_reads_as_a_sentence_and_a_waiting_car
     await expect(page.locator("#gallery-empty")).to_contain_text("No finished videos yet")
     await expect(card(page)).to_have_count(0)
     await browser.shot("filtered")
+
+
+@pytest.mark.parametrize("api_overrides", [{"secret_key": []}], ids=["no SECRET_KEY"])
+async def test_an_open_gateway_goes_straight_to_the_studio_and_the_admin_view_asks_for_its_key(
+    browser: Browser, stack: Stack
+) -> None:
+    """Without SECRET_KEY there is no key to ask for; the admin key still guards the admin view."""
+    account = {"name": "sim-1", "cookie": "access_token=never-used", "base_url": stack.simulator.url}
+    added = await stack.api.post("/api/admin/accounts", json=account, headers=headers(ADMIN_KEY))
+    assert added.status == 201, await added.text()
+    page = browser.page
+    await page.goto(page_url(stack.api))
+    await expect(page.locator("#gallery-empty")).to_be_visible()
+    await expect(page.locator("#who")).to_have_text("Open gateway")
+    await expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+
+    await page.get_by_role("link", name="Admin").click()
+    await page.get_by_label("Admin key").fill("not the admin key")
+    await page.get_by_role("button", name="Open the admin view").click()
+    await expect(page.locator("#admin-key-error")).to_have_text("This is not the admin key.")
+    await page.get_by_label("Admin key").fill(ADMIN_KEY)
+    await page.get_by_role("button", name="Open the admin view").click()
+    await expect(page.locator('#accounts tr[data-account="sim-1"]')).to_have_attribute("data-state", "active")
+    await browser.shot("admin")
+
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+    assert await page.evaluate("Object.keys(localStorage)") == []
