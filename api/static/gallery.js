@@ -301,7 +301,8 @@ export class Gallery {
     if (view.state === "completed" && download) {
       actions.push(h("a", { class: "button small", href: download, download: "", target: "_blank", rel: "noopener" }, "Download"));
     }
-    if (view.state === "pending") {
+    // Once Luma has it (an upstream id) it cannot be taken back: the web API has no cancel.
+    if (view.state === "pending" && !view.upstream_id) {
       const button = h("button", { type: "button", class: "button ghost small danger" }, "Cancel");
       button.addEventListener("click", () => this.cancel(view.id, button));
       actions.push(button);
