@@ -8,6 +8,8 @@ loop, and builds its stack (api, simulator, Redis client) in that loop too.
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +34,24 @@ from tests.fixtures.stack import ADMIN_KEY, TEST_KEYS, WorkerProcess, accounts_f
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-# A 2x2 PNG with real chunks and CRCs: what any image check, however strict, accepts.
-PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d49484452000000020000000208020000"
-    "00fdd49a730000001649444154789c63f8cfc0f09f81e13f03c3ff0c0c"
-    "0c00253e04fd4ca2b0b90000000049454e44ae426082"
-)
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A real PNG of one colour, chunks and CRCs and all: what any image check, however strict, takes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+PNG = png(32, 18, (230, 90, 40))
 
 
 @dataclass
