@@ -128,6 +128,9 @@ $("signin-form").addEventListener("submit", async (event) => {
     if (holder) localStorage.setItem(STORED_KEY, key);
     if (adminState === "yes") localStorage.setItem(STORED_ADMIN_KEY, key);
     enter({ key: holder ? key : "", holder, adminKey: adminState === "yes" ? key : "" });
+    // The form that had focus is gone: put it where the work starts.
+    if (holder && location.hash !== "#admin") $("prompt").focus();
+    else $("main").focus();
   } catch (error) {
     signInError(error.message);
   } finally {

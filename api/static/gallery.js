@@ -215,7 +215,6 @@ export class Gallery {
     const wait = Number(view.estimate_wait_seconds);
     entry.until = view.state !== "completed" && view.state !== "failed" && wait > 0 ? Date.now() + wait * 1000 : null;
     entry.el.dataset.state = view.state;
-    entry.el.setAttribute("aria-label", `${STATE_LABELS[view.state] ?? view.state}: ${view.prompt}`);
     entry.el.replaceChildren(this.media(entry), this.body(entry));
   }
 
@@ -329,12 +328,19 @@ export class Gallery {
     }
   }
 
+  // Once a second: the waits count down; every half minute, "2 minutes ago" moves on too.
   tick() {
     const now = Date.now();
     for (const entry of this.entries.values()) {
       if (!entry.until) continue;
       const eta = entry.el.querySelector(".eta");
       if (eta) eta.textContent = duration((entry.until - now) / 1000);
+    }
+    this.ticks = (this.ticks ?? 0) + 1;
+    if (this.ticks % 30 === 0) {
+      for (const time of this.list.querySelectorAll("time[datetime]")) {
+        time.textContent = ago(parseTime(time.getAttribute("datetime")));
+      }
     }
   }
 
