@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from playwright.async_api import Page, Response, expect
+from playwright.async_api import Page, Request, Response, expect
 from redis.asyncio import Redis
 
 from api.app import create_app
@@ -366,3 +366,51 @@ async def test_an_open_gateway_goes_straight_to_the_studio_and_the_admin_view_as
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
     assert await page.evaluate("Object.keys(localStorage)") == []
+
+
+async def test_a_page_whose_api_went_away_catches_up_on_what_happened_meanwhile(
+    browser: Browser, stack: Stack, redis_url: str
+) -> None:
+    """The stream comes back by itself, from the last event it saw, and the card moves on."""
+    page = browser.page
+    await sign_in(page, stack.api, TEST_KEYS[0])
+    await page.get_by_label("Prompt", exact=True).fill("made before the outage")
+    await page.get_by_role("button", name="Generate", exact=True).click()
+    gen_id = await newest_card_id(page)
+    await expect(card(page, gen_id)).to_have_attribute("data-state", "pending")
+    await page.evaluate("window.notReloaded = true")
+
+    streams: list[Request] = []
+    page.on(
+        "request", lambda request: streams.append(request) if "/generations/events" in request.url else None
+    )
+    port = stack.api.server.port
+    await stack.api.server.close()
+    status = page.locator("#live-status")
+    await expect(status).not_to_have_attribute("data-status", "live")
+    await browser.shot("offline")
+
+    # Meanwhile, on another api of the same gateway, the generation is taken back.
+    other: TestClient[Any, Any] = TestClient(TestServer(create_app(api_settings(redis_url))))
+    await other.start_server()
+    try:
+        history = await other.get(f"/api/generations/{gen_id}/events", headers=headers())
+        [created_event] = [event["id"] for event in (await history.json())["data"]]
+        cancelled = await other.post(f"/api/generations/{gen_id}/cancel", headers=headers())
+        assert cancelled.status == 200, await cancelled.text()
+    finally:
+        await other.close()
+
+    back: TestClient[Any, Any] = TestClient(TestServer(create_app(api_settings(redis_url)), port=port))
+    await back.start_server()
+    try:
+        await expect(status).to_have_attribute("data-status", "live")
+        await expect(card(page, gen_id)).to_have_attribute("data-state", "failed")
+        await expect(card(page, gen_id).locator(".reason")).to_have_text("Cancelled before it reached Luma")
+        assert await page.evaluate("window.notReloaded") is True
+        # The browser's reconnect named the one event the page had seen: the create.
+        asked_after = [(await request.all_headers()).get("last-event-id") for request in streams]
+        assert asked_after and set(asked_after) == {created_event}
+        await browser.finish()
+    finally:
+        await back.close()
