@@ -15,7 +15,12 @@ import { Usage } from "./usage.js";
 
 const STORED_KEY = "luma-queue.key";
 const STORED_ADMIN_KEY = "luma-queue.admin-key";
-const LIVE_LABELS = { live: "Live", connecting: "Connecting…", offline: "Offline, retrying…" };
+const LIVE_LABELS = {
+  live: "Live",
+  connecting: "Connecting…",
+  reconnecting: "Reconnecting…",
+  offline: "Offline, retrying…",
+};
 
 const api = new Api();
 const session = { open: false, adminEnabled: true, holder: false, adminKey: "" };

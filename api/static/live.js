@@ -69,7 +69,7 @@ export class LiveStream {
           if (!this.stopped) this.open();
         }, wait * 1000);
       } else {
-        this.onStatus("connecting"); // the browser is already reconnecting, with Last-Event-ID
+        this.onStatus("reconnecting"); // the browser is at it already, with Last-Event-ID
       }
     });
   }
