@@ -8,13 +8,14 @@ BIN := $(VENV)/bin
 # Reinstalled when pyproject.toml changes.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install check-redis dev test lint format typecheck bench clean distclean
+.PHONY: help install check-redis check-chromium dev test lint format typecheck bench clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(INSTALLED) ## create .venv and install the project with its dev tools
 	@$(MAKE) --no-print-directory check-redis || true
+	@$(MAKE) --no-print-directory check-chromium || true
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
@@ -46,10 +47,27 @@ check-redis: ## make sure redis-server is installed
 	  fi; \
 	fi
 
+# The dashboard's browser tests drive the system's Chromium (Playwright never downloads one), or
+# the browser CHROMIUM names.
+check-chromium: ## make sure chromium is installed, for the dashboard's browser tests
+	@if [ -z "$$CHROMIUM" ] && ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "chromium is missing: installing it with apt-get"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+	      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }; \
+	  else \
+	    echo "chromium is not installed; the dashboard's browser tests need it:"; \
+	    echo "  Debian:     sudo apt-get install chromium"; \
+	    echo "  elsewhere:  set CHROMIUM to a Chromium or Chrome executable"; \
+	    exit 1; \
+	  fi; \
+	fi
+
 dev: $(INSTALLED) ## run redis, the simulator, the api and a worker here; Ctrl-C stops them
 	$(BIN)/luma-queue dev
 
-test: $(INSTALLED) check-redis lint typecheck ## lint, type-check and run the whole test suite
+test: $(INSTALLED) check-redis check-chromium lint typecheck ## lint, type-check and run the whole test suite
 	$(BIN)/pytest
 
 lint: $(INSTALLED) ## ruff check and ruff format --check

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 import structlog
 from aiohttp import web
 
-from api import handlers, processes, server, webhooks
+from api import dashboard, handlers, processes, server, webhooks
 from api.appkeys import ARQ, EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE, WEBHOOKS
 from api.auth import KEYRING, KeyRing
 from api.errors import error_middleware
@@ -56,6 +56,11 @@ async def _event_hub(app: web.Application) -> AsyncIterator[None]:
     await hub.stop()
 
 
+async def _end_streams(app: web.Application) -> None:
+    """on_shutdown: a live stream never ends by itself, and shutdown would wait out its grace for it."""
+    app[EVENT_HUB].end_streams()
+
+
 async def _arq(app: web.Application) -> AsyncIterator[None]:
     """arq's pool (bytes replies): upload jobs and the uploaded bytes."""
     pool = create_arq_pool(app[SETTINGS])
@@ -72,6 +77,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[KEYRING] = KeyRing(settings.secret_key, settings.admin_key)
     app.cleanup_ctx.extend([_redis, _event_hub, _arq, image_decoder])
+    app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(add_response_headers)
     app.router.add_get("/api/generations", handlers.list_generations)
     # Before /{id}, which would otherwise take "usage" or "events" for an id.
@@ -94,6 +100,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/admin/holders", handlers.list_holders)
     app.router.add_patch("/api/admin/holders/{owner}", handlers.update_holder)
     app.router.add_get("/healthz", handlers.health)
+    app.router.add_get("/", dashboard.index)
+    app.router.add_get("/dashboard/{name}", dashboard.asset)
     return app
 
 

@@ -60,8 +60,14 @@ class EventHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.end_streams()
+
+    def end_streams(self) -> None:
+        """End every open stream (its client reconnects with Last-Event-ID, to another api)."""
         for streams in self._streams.values():
             for queue in streams:
+                if queue.full():
+                    queue.get_nowait()  # a full queue still takes the end; the client resumes
                 queue.put_nowait(None)
 
     @contextlib.contextmanager

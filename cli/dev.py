@@ -396,6 +396,7 @@ def banner(running: Running, settings: Settings, log_dir: Path) -> str:
             rule,
             f"luma-queue is running at {url}   (Ctrl-C stops everything)",
             "",
+            f"  dashboard   {url}/   (open it in a browser)",
             f"  api         {url}",
             f"  Secret-Key  {key_line}",
             f"  redis       {redacted_url(running.redis_url)}  ({redis_note})",

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.api_process",
     "tests.fixtures.simulator",
     "tests.fixtures.stack",
+    "tests.fixtures.browser",
 ]

@@ -200,7 +200,11 @@ def test_dev_runs_a_generation_to_the_end_and_stops_on_ctrl_c(dev_stack: DevStac
     """One command brings up redis, simulator, api and worker; Ctrl-C stops all of them and exits 0."""
     assert set(dev_stack.pids()) == {"redis", "simulator", "api", "worker"}
     assert f"http://127.0.0.1:{dev_stack.api_port}" in dev_stack.output()
+    assert f"dashboard   http://127.0.0.1:{dev_stack.api_port}/" in dev_stack.output()
     assert "runs open" in dev_stack.output()
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with no_proxy.open(f"http://127.0.0.1:{dev_stack.api_port}/", timeout=10) as page:
+        assert page.headers["Content-Type"].startswith("text/html")
 
     created = dev_stack.call("POST", "/api/generations/create", {"prompt": "a red fox running through snow"})
     generation_id = created["data"][0]["id"]

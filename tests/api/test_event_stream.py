@@ -125,3 +125,11 @@ async def test_a_malformed_last_event_id_is_400(api: ApiClient) -> None:
     response = await api.get("/api/generations/events", headers={**auth(KEY_A), "Last-Event-ID": "yesterday"})
     assert response.status == 400
     assert (await response.json())["code"] == "invalid_query"
+
+
+async def test_open_streams_end_when_the_api_shuts_down_instead_of_holding_it_up(api: ApiClient) -> None:
+    """A stream never ends by itself: shutdown ends it, rather than waiting out its 60 s grace for it."""
+    stream = await open_stream(api)
+    async with asyncio.timeout(10):
+        await api.server.close()
+        assert (await stream.response.content.read()).strip() == b""  # ended by the server, not cut

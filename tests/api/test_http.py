@@ -115,7 +115,7 @@ def test_cors_origins_are_read_comma_separated_and_checked() -> None:
         Settings(_env_file=None, cors_origins="https://app.example.test/some/path")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("path", ["/api/nowhere", "/", "/api/generations/some-id/extra"])
+@pytest.mark.parametrize("path", ["/api/nowhere", "/nowhere", "/api/generations/some-id/extra"])
 async def test_an_unknown_route_is_a_json_not_found(api: ApiClient, path: str) -> None:
     """Routes that do not exist answer 404 {"message", "code": "not_found"}, not aiohttp's text page."""
     response = await api.get(path, headers=auth(KEY_A))
