@@ -51,7 +51,7 @@ async def _event_hub(app: web.Application) -> AsyncIterator[None]:
     """One tail of the event log for every live stream this process serves."""
     hub = EventHub(app[STORE])
     app[EVENT_HUB] = hub
-    hub.start()
+    await hub.start()
     yield
     await hub.stop()
 

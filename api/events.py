@@ -52,8 +52,18 @@ class EventHub:
         self._streams: dict[str, set[asyncio.Queue[Frame | None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._tail(), name="event-hub")
+    async def start(self) -> None:
+        """Start tailing from the log's newest entry, found before the api serves anyone: an event
+        of a stream opened right after start-up must not count as the past. (With Redis away at
+        start-up the tail finds its place once Redis answers.)"""
+        start: str | None = None
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            start = await self._newest()
+        self._task = asyncio.create_task(self._tail(start), name="event-hub")
+
+    async def _newest(self) -> str:
+        newest = await self.redis.xrevrange(keys.EVENTS, count=1)
+        return str(newest[0][0]) if newest else "0-0"
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -85,15 +95,13 @@ class EventHub:
     def open_streams(self) -> int:
         return sum(len(streams) for streams in self._streams.values())
 
-    async def _tail(self) -> None:
-        last: str | None = None
+    async def _tail(self, last: str | None) -> None:
         failures = 0
         while True:
             try:
                 if last is None:
                     # From what happens next on: a stream's past comes from its owner's stream.
-                    newest = await self.redis.xrevrange(keys.EVENTS, count=1)
-                    last = newest[0][0] if newest else "0-0"
+                    last = await self._newest()
                 answer = await self.redis.xread({keys.EVENTS: last}, block=BLOCK_MS, count=1000)
                 events = []
                 for _, entries in answer or []:
