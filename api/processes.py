@@ -51,16 +51,23 @@ def run_processes(settings: Settings) -> int:
         log.info("api starting processes", processes=count, host=settings.api_host, port=settings.api_port)
         for child in children:
             child.start()
-        while running := [child for child in children if child.exitcode is None]:
-            wait([child.sentinel for child in running])
-            for child in children:
-                if child.exitcode is not None and not stopping:
+        while True:
+            # One look at every child per turn: a child's exit code becomes known by polling it, so
+            # the look that finds it gone must also be the one that acts on it (a second look could
+            # see it gone after the first did not, and leave the survivors serving on).
+            exited = [child for child in children if child.exitcode is not None]
+            running = [child for child in children if child not in exited]
+            if exited and not stopping:
+                for child in exited:
                     log.error(
                         "an api process exited; stopping the others", pid=child.pid, code=child.exitcode
                     )
-                    failed = True
-                    stopping = True
-                    _terminate(children)
+                failed = True
+                stopping = True
+                _terminate(running)
+            if not running:
+                break
+            wait([child.sentinel for child in running])
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
