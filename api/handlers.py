@@ -18,6 +18,7 @@ from api.errors import (
     AlreadyFinished,
     AlreadySubmitted,
     InvalidQuery,
+    InvalidRequest,
     NotFound,
     UnknownAccountError,
     UnknownHolder,
@@ -195,9 +196,7 @@ async def list_accounts(request: web.Request, caller: Caller) -> web.Response:
 @requires(Access.ADMIN)
 async def add_account(request: web.Request, caller: Caller) -> web.Response:
     """POST /api/admin/accounts: put a new account in the pool."""
-    config = await body_as(request, AccountConfig)
-    if not config.base_url:
-        config = config.model_copy(update={"base_url": request.app[SETTINGS].luma_base_url})
+    config = request.app[SETTINGS].with_defaults(await body_as(request, AccountConfig))
     try:
         await request.app[REGISTRY].add(config)
     except AccountExists:
@@ -215,12 +214,16 @@ async def update_account(request: web.Request, caller: Caller) -> web.Response:
             name,
             enabled=change.enabled,
             cookie=change.cookie,
+            api_key=change.api_key,
             max_concurrency=change.max_concurrency,
+            creates_per_minute=change.creates_per_minute,
             max_queue=change.max_queue,
             clear_max_queue="max_queue" in change.model_fields_set and change.max_queue is None,
         )
     except UnknownAccount:
         raise UnknownAccountError(f"no account named {name!r}") from None
+    except ValueError as wrong_kind:
+        raise InvalidRequest(f"invalid request: {wrong_kind}") from None
     return json_response({"data": await _account_view(request, name)})
 
 

@@ -36,7 +36,7 @@ class Account:
     """An account as a worker uses it, cookie included."""
 
     name: str
-    kind: str
+    kind: str  # "web" or "official"
     cookie: str
     base_url: str
     max_concurrency: int
@@ -50,6 +50,18 @@ class Account:
     breaker_until: float
     breaker_reason: str
     usage: dict[str, Any] | None
+    api_key: str = ""
+    creates_per_minute: int | None = None
+    # Which create route an official account answered (worker/upstream/official.py), once known.
+    create_route: str = ""
+    last_callback_at: float | None = None  # when Luma last called back about one of its generations
+
+    def __repr__(self) -> str:  # never a credential: this can end up in tracebacks and logs
+        return f"Account(name={self.name!r}, kind={self.kind!r}, state={self.state.value!r})"
+
+    @property
+    def official(self) -> bool:
+        return self.kind == "official"
 
     @property
     def breaker_open(self) -> bool:
@@ -61,9 +73,14 @@ class Account:
 
 
 class AccountView(BaseModel):
-    """An account as the admin API shows it: never the cookie."""
+    """An account as the admin API shows it: never the cookie or the API key.
+
+    `available`, `capacity` and `consumed` count generations on a web account; on an official
+    one `available` and `credit_balance` are cents (the balance less what claims reserved).
+    """
 
     name: str
+    kind: str
     state: str
     state_reason: str | None
     state_at: float | None
@@ -78,6 +95,10 @@ class AccountView(BaseModel):
     capacity: int | None
     consumed: int | None
     breaker_open: bool
+    unit: str  # what available counts: "generations" or "cents"
+    credit_balance: int | None  # official: the last GET /credits reading, in cents
+    creates_per_minute: int | None
+    creates_last_minute: int
 
 
 def _config_hash(config: AccountConfig) -> str:
@@ -86,6 +107,14 @@ def _config_hash(config: AccountConfig) -> str:
 
 def _int_or_none(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
+
+
+def _credit_balance(account: Account) -> int | None:
+    """An official account's balance as Luma last reported it, in cents."""
+    if not account.official or not account.usage:
+        return None
+    balance = account.usage.get("credit_balance")
+    return int(balance) if isinstance(balance, int | float) else None
 
 
 class AccountRegistry:
@@ -117,9 +146,11 @@ class AccountRegistry:
         mapping: dict[str, Any] = {
             "name": config.name,
             "kind": config.kind,
-            "cookie": normalize_cookie(config.cookie),
+            "cookie": normalize_cookie(config.cookie) if config.cookie else "",
+            "api_key": config.api_key or "",
             "base_url": (config.base_url or "").rstrip("/"),
             "max_concurrency": config.max_concurrency,
+            "creates_per_minute": config.creates_per_minute or "",
             "max_queue": "" if config.max_queue is None else config.max_queue,
             "breaker_until": 0,
             "failures": 0,
@@ -142,22 +173,36 @@ class AccountRegistry:
         *,
         enabled: bool | None = None,
         cookie: str | None = None,
+        api_key: str | None = None,
         max_concurrency: int | None = None,
+        creates_per_minute: int | None = None,
         max_queue: int | None = None,
         clear_max_queue: bool = False,
     ) -> None:
-        """An operator's change. A new cookie revives an expired account; enabling a disabled one."""
-        await self.get(name)  # UnknownAccount before anything is written
+        """An operator's change. A new credential revives an expired account; enabling a disabled one.
+
+        A credential of the other kind (a cookie for an official account) is refused with
+        ValueError before anything is written.
+        """
+        account = await self.get(name)  # UnknownAccount before anything is written
+        if (cookie is not None and account.official) or (api_key is not None and not account.official):
+            raise ValueError(
+                f"a {account.kind} account takes {'an api_key' if account.official else 'a cookie'}"
+            )
         mapping: dict[str, Any] = {}
         if cookie is not None:
             mapping["cookie"] = normalize_cookie(cookie)
+        if api_key is not None:
+            mapping["api_key"] = api_key
+        if creates_per_minute is not None:
+            mapping["creates_per_minute"] = creates_per_minute
         if max_concurrency is not None:
             mapping["max_concurrency"] = max_concurrency
         if max_queue is not None or clear_max_queue:
             mapping["max_queue"] = "" if max_queue is None else max_queue
         if mapping:
             await self.redis.hset(keys.account(name), mapping=mapping)
-        if cookie is not None:
+        if cookie is not None or api_key is not None:
             await self.health.set_state(name, AccountState.ACTIVE, "", expect=(AccountState.EXPIRED,))
         if enabled is False:
             await self.health.set_state(name, AccountState.DISABLED, "disabled by an operator")
@@ -201,6 +246,10 @@ class AccountRegistry:
             breaker_until=float(fields.get("breaker_until") or 0) / 1000,
             breaker_reason=fields.get("breaker_reason", ""),
             usage=json.loads(usage) if usage else None,
+            api_key=fields.get("api_key", ""),
+            creates_per_minute=_int_or_none(fields.get("creates_per_minute")),
+            create_route=fields.get("create_route", ""),
+            last_callback_at=float(fields["callback_at"]) / 1000 if fields.get("callback_at") else None,
         )
 
     async def in_flight(self, names: list[str]) -> dict[str, int]:
@@ -212,12 +261,24 @@ class AccountRegistry:
             counts = await pipe.execute()
         return {name: int(count) for name, count in zip(names, counts, strict=True)}
 
+    async def creates_last_minute(self, names: list[str]) -> dict[str, int]:
+        """Creates each account made (or has claimed to make) in the last minute."""
+        since_ms = int(time.time() * 1000) - 60_000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcount(keys.create_window(name), since_ms, "+inf")
+            counts = await pipe.execute()
+        return {name: int(count) for name, count in zip(names, counts, strict=True)}
+
     async def views(self) -> list[AccountView]:
         accounts = await self.all()
-        flights = await self.in_flight([account.name for account in accounts])
+        names = [account.name for account in accounts]
+        flights = await self.in_flight(names)
+        recent = await self.creates_last_minute(names)
         return [
             AccountView(
                 name=account.name,
+                kind=account.kind,
                 state=account.state.value,
                 state_reason=account.state_reason or None,
                 state_at=account.state_at,
@@ -226,14 +287,26 @@ class AccountRegistry:
                 max_queue=account.max_queue,
                 in_flight=flights[account.name],
                 available=account.available,
-                capacity=account.capacity,
-                consumed=account.consumed,
+                capacity=None if account.official else account.capacity,
+                consumed=None if account.official else account.consumed,
                 breaker_open=account.breaker_open,
+                unit="cents" if account.official else "generations",
+                credit_balance=_credit_balance(account),
+                creates_per_minute=account.creates_per_minute,
+                creates_last_minute=recent[account.name],
                 cooling=account.breaker_open,
                 cooling_reason=account.breaker_reason or None if account.breaker_open else None,
             )
             for account in accounts
         ]
+
+    async def remember_create_route(self, name: str, route: str) -> None:
+        """Which create route an official account takes, so no worker asks it twice."""
+        await self.redis.hset(keys.account(name), "create_route", route)
+
+    async def note_callback(self, name: str) -> None:
+        """Luma called back about one of the account's generations: polling may slow down."""
+        await self.redis.hset(keys.account(name), "callback_at", str(int(time.time() * 1000)))
 
     async def set_cookie(self, name: str, cookie: str) -> None:
         """Keep the session current with whatever the upstream's Set-Cookie rotated."""

@@ -186,12 +186,14 @@ class AccountHealth:
         """An answer from the upstream: the run of transient failures is over."""
         await self.redis.hset(keys.account(name), "failures", "0")
 
-    async def on_usage(self, name: str, available: int) -> None:
-        """A usage reading: no capacity left makes it spent; capacity back revives a spent one."""
-        if available <= 0:
-            await self.set_state(
-                name, AccountState.SPENT, "no monthly capacity left", expect=(AccountState.ACTIVE,)
+    async def on_usage(self, name: str, available: int, *, enough: int = 1) -> None:
+        """A usage reading: less than `enough` left (one generation, or the cheapest price in
+        cents) makes it spent; enough back revives a spent one."""
+        if available < enough:
+            reason = (
+                "no monthly capacity left" if enough == 1 else "the credit balance cannot pay for a create"
             )
+            await self.set_state(name, AccountState.SPENT, reason, expect=(AccountState.ACTIVE,))
         else:
             previous = await self.set_state(
                 name, AccountState.ACTIVE, "", expect=(AccountState.SPENT, AccountState.ACTIVE)

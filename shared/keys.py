@@ -48,6 +48,8 @@ Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     account:{name}:leases    zset    gen id -> lease expiry ms; one entry per slot in use
     account:{name}:submitting set    gen ids claimed on this account but not yet created upstream
     account:{name}:running   zset    gen id -> upstream created ms; generations to poll
+    account:{name}:cost      hash    gen id -> what its claim reserved (1 generation, or cents)
+    account:{name}:creates   zset    gen id -> ms its create was claimed or sent: the rate window
     account:{name}:poll      string  lock: its lifetime is the wait until the account's next poll
     account:{name}:usage-lock / :heartbeat-lock   locks: one worker reads usage / keeps alive per period
     lock:sweep / lock:deadlines   string  locks: one worker sweeps, one enforces deadlines, per period
@@ -56,6 +58,10 @@ Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     worker:{id}:jobs         set     arq job ids that worker is running (taken over if it dies)
     start-deadlines          zset    gen id -> ms by which it must have been submitted upstream
     pool:unusable-since      string  ms since when no account could take work (NO_ACCOUNT_DEADLINE)
+    pool:unservable-since    hash    "kind:official", "account:{name}" -> ms since when no active
+                                     account could serve generations that need that kind or account
+    upstream-callback:{hash} string  gen id an official create's callback token names (by token hash)
+    refresh:{id} (arq job)           an immediate read of one generation, after a Luma callback
     stats:gen-seconds        string  measured recent generation time (EWMA), for estimates
     fence                    string  fencing token counter for create intents
     dispatch:seq             string  counts claims: the global order in which generations start
@@ -96,6 +102,7 @@ WEBHOOK_DUE = PREFIX + "webhook-due"
 UPLOADS_EXPIRY = PREFIX + "uploads:expiry"
 UPLOADS_SIZES = PREFIX + "uploads:sizes"
 UPLOADS_BYTES = PREFIX + "uploads:bytes"
+UNSERVABLE_SINCE = PREFIX + "pool:unservable-since"
 
 
 def generation(gen_id: str) -> str:
@@ -192,6 +199,20 @@ def running(name: str) -> str:
     return f"{PREFIX}account:{name}:running"
 
 
+def reserved_cost(name: str) -> str:
+    return f"{PREFIX}account:{name}:cost"
+
+
+def create_window(name: str) -> str:
+    return f"{PREFIX}account:{name}:creates"
+
+
+def upstream_callback(token: str) -> str:
+    # By hash: a dump of Redis does not hand out tokens that trigger refreshes.
+    digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+    return f"{PREFIX}upstream-callback:{digest}"
+
+
 def poll_lock(name: str) -> str:
     return f"{PREFIX}account:{name}:poll"
 
@@ -218,6 +239,10 @@ def submit_job_id(gen_id: str) -> str:
 
 def upload_job_id(upload_id: str) -> str:
     return f"upload:{upload_id}"
+
+
+def refresh_job_id(gen_id: str) -> str:
+    return f"refresh:{gen_id}"
 
 
 # Uploaded bytes outlive the api's wait for a worker by this long, then expire on their own.

@@ -6,7 +6,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,7 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from shared.settings import CookieLine
+from shared.pricing import Duration, Model, Resolution
+from shared.settings import ApiKeyLine, CookieLine
 from shared.states import PUBLIC_STATE, TERMINAL_PHASES, Phase, State
 
 # Re-exported: code that only needs a record's vocabulary imports it from here.
@@ -54,8 +55,40 @@ def _http_url(value: str | None) -> str | None:
     return value
 
 
+Provider = Literal["web", "official"]
+
+
+class ImageKeyframe(BaseModel):
+    """A keyframe of the official API naming an image (a generation is continued by extend)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["image"]
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        checked = _http_url(value)
+        assert checked is not None
+        return checked
+
+
+class Keyframes(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    frame0: ImageKeyframe | None = None
+    frame1: ImageKeyframe | None = None
+
+
 class CreateRequest(BaseModel):
-    """The body of POST /api/generations/create: the seed's fields plus the upstream's options."""
+    """The body of POST /api/generations/create: the seed's fields plus the upstream's options.
+
+    `provider` picks the kind of account (web or official) that may run it; `model`,
+    `resolution`, `duration` and `keyframes` are the official API's options, so a create that
+    names any of them runs on an official account (`provider` becomes "official"). Keyframes
+    are another spelling of `image` (frame0) and `image_end` (frame1).
+    """
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
@@ -69,11 +102,49 @@ class CreateRequest(BaseModel):
     callback_url: str | None = None
     # Not submitted upstream within this long: it fails `start_deadline_exceeded` instead.
     start_deadline_seconds: float | None = Field(default=None, gt=0, le=30 * 86400)
+    provider: Provider | None = None
+    model: Model | None = None
+    resolution: Resolution | None = None
+    duration: Duration | None = None
+    keyframes: Keyframes | None = Field(default=None, exclude=True)
 
     @field_validator("image", "image_end", "callback_url")
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
         return _http_url(value or None)
+
+    @field_validator("keyframes", mode="before")
+    @classmethod
+    def _no_generation_keyframes(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for frame in value.values():
+                if isinstance(frame, dict) and frame.get("type") == "generation":
+                    raise ValueError(
+                        "a generation keyframe continues a generation: POST /api/generations/{id}/extend"
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _route(self) -> CreateRequest:
+        """Keyframes as images; official-only options send the create to an official account."""
+        if self.keyframes is not None:
+            for frame, field in (("frame0", "image"), ("frame1", "image_end")):
+                keyframe = getattr(self.keyframes, frame)
+                if keyframe is None:
+                    continue
+                if getattr(self, field) not in (None, keyframe.url):
+                    raise ValueError(f"keyframes.{frame} and {field} name different images")
+                setattr(self, field, keyframe.url)
+        official_only = [
+            name
+            for name in ("model", "resolution", "duration", "keyframes")
+            if getattr(self, name) is not None
+        ]
+        if official_only:
+            if self.provider == "web":
+                raise ValueError(f"{', '.join(official_only)}: only official accounts take these options")
+            self.provider = "official"
+        return self
 
 
 class BatchRequest(BaseModel):
@@ -181,6 +252,17 @@ class GenerationRecord(BaseModel):
     callback_url: str | None = None  # where its webhooks go
     batch_id: str | None = None  # the batch it was submitted in
     start_deadline_ts: float | None = None  # must be submitted upstream by then, or it fails
+    # Routing: the kind of account that must run it (None: any), and the official options.
+    provider: str | None = None
+    model: str | None = None
+    resolution: str | None = None
+    duration: str | None = None
+    price_cents: int | None = None  # what it costs on an official account (shared/pricing.py)
+    # An extend continues `extend_of` (ours), which is `extend_upstream_id` on `pin_account`:
+    # it can run only there.
+    extend_of: str | None = None
+    extend_upstream_id: str | None = None
+    pin_account: str | None = None
 
     phase: Phase = Phase.WAITING
     failure_reason: str | None = None
@@ -193,6 +275,11 @@ class GenerationRecord(BaseModel):
     # The intent's account is `account`.
     fence: int | None = None
     intent_at: float | None = None
+    # Copies of external images put on the account (worker/images.py), what the create sends.
+    upstream_image: str | None = None
+    upstream_image_end: str | None = None
+    video_url: str | None = None  # where the video is, whichever shape the upstream gave it in
+    download_url: str | None = None  # a web generation's watermark-free link, fetched once
 
     dispatch_seq: int | None = None  # global order in which generations left the queue
     started_ts: float | None = None  # took a slot
@@ -271,7 +358,7 @@ class GenerationRecord(BaseModel):
             prompt=self.prompt,
             state=state,
             created_at=self.created_at,
-            video=shown.get("video") if state == "completed" else None,
+            video=self._video() if state == "completed" else None,
             liked=shown.get("liked"),
             # Ours while it waits in our queue; once created, Luma's own estimate for its queue.
             estimate_wait_seconds=(
@@ -288,8 +375,25 @@ class GenerationRecord(BaseModel):
             upstream_id=self.upstream_id,
             callback_url=self.callback_url,
             batch_id=self.batch_id,
+            provider=self.provider,
+            model=self.model,
+            resolution=self.resolution,
+            duration=self.duration,
+            extend_of=self.extend_of,
         )
         return shown
+
+    def _video(self) -> dict[str, Any] | None:
+        """The seed's `video` object, whichever provider made it, with our watermark-free link."""
+        upstream_video = (self.upstream or {}).get("video")
+        video = dict(upstream_video) if isinstance(upstream_video, dict) else {}
+        if self.video_url and not video.get("url"):
+            video["url"] = self.video_url
+        if not video:
+            return None
+        if self.download_url:
+            video["download_url"] = self.download_url
+        return video
 
 
 class UploadResult(BaseModel):
@@ -319,12 +423,15 @@ class AccountUpdate(BaseModel):
     """The body of PATCH /api/admin/accounts/{name}: only the fields sent change.
 
     `max_queue: null` clears the account's own bound (see `model_fields_set`); `enabled`,
-    `cookie` and `max_concurrency` sent as null change nothing.
+    `cookie`, `api_key`, `max_concurrency` and `creates_per_minute` sent as null change nothing.
+    A new `cookie` (web) or `api_key` (official) revives an expired account.
     """
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     enabled: bool | None = None
     cookie: CookieLine | None = Field(default=None, min_length=1, repr=False)
+    api_key: ApiKeyLine | None = Field(default=None, min_length=1, repr=False)
     max_concurrency: int | None = Field(default=None, ge=1, le=100)
+    creates_per_minute: int | None = Field(default=None, ge=1, le=10_000)
     max_queue: int | None = Field(default=None, ge=0)

@@ -18,6 +18,7 @@ from shared.settings import Settings
 
 SUBMIT_JOB = "submit"
 UPLOAD_JOB = "upload"
+REFRESH_JOB = "refresh"
 
 
 def serialize_job(data: dict[str, Any]) -> bytes:

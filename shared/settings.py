@@ -9,6 +9,16 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator, model_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.cookies import normalize_cookie
+from shared.pricing import (
+    DEFAULT_DURATION,
+    DEFAULT_MODEL,
+    DEFAULT_RESOLUTION,
+    LIST_PRICES_CENTS,
+    Duration,
+    Model,
+    Resolution,
+    price_cents,
+)
 
 LUMA_WEB_API = "https://internal-api.virginia.labs.lumalabs.ai"
 # Room between a blocking Redis call's own timeout and the socket timeout: the round trip and a
@@ -21,18 +31,26 @@ KIB = 1024
 MIB = 1024 * KIB
 
 
-def _cookie_line(value: str) -> str:
-    """A cookie that can go into a Cookie header as it is: one line of printable ASCII.
+def _header_line(value: str, what: str) -> str:
+    """A credential that can go into a header as it is: one line of printable ASCII.
 
     Anything else (CR/LF above all) would be refused by the HTTP client on every request, or worse,
     split the header; the message never repeats the value, which is a credential.
     """
     value = value.strip()  # a pasted value's trailing newline is harmless, an inner one is not
     if not value:
-        raise ValueError("the cookie is empty")
+        raise ValueError(f"{what} is empty")
     if not all(" " <= char <= "~" for char in value):
-        raise ValueError("the cookie must be one line of printable ASCII (no CR, LF or control characters)")
+        raise ValueError(f"{what} must be one line of printable ASCII (no CR, LF or control characters)")
     return value
+
+
+def _cookie_line(value: str) -> str:
+    return _header_line(value, "the cookie")
+
+
+def _api_key_line(value: str) -> str:
+    return _header_line(value, "the api_key")
 
 
 def _http_url(value: str) -> str:
@@ -47,6 +65,7 @@ def _http_url(value: str) -> str:
 
 #: An account's cookie, validated where it enters (settings and the admin API).
 CookieLine = Annotated[str, AfterValidator(_cookie_line)]
+ApiKeyLine = Annotated[str, AfterValidator(_api_key_line)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
@@ -60,20 +79,53 @@ def _origin(value: str) -> str:
     if parts.query or parts.fragment or parts.username:
         raise ValueError(f"CORS_ORIGINS: {value!r} is not an origin like https://app.example.com")
     return f"{parts.scheme}://{parts.netloc}"
+LUMA_OFFICIAL_API = "https://api.lumalabs.ai/dream-machine/v1"
+
+AccountKind = Literal["web", "official"]
+# The official API's documented limits per key (Build tier): concurrent video generations, and
+# creates in any minute. A web session has no documented limit; comparable gateways use 3.
+DEFAULT_CONCURRENCY: dict[str, int] = {"web": 3, "official": 10}
+OFFICIAL_CREATES_PER_MINUTE = 20
 
 
 class AccountConfig(BaseModel):
-    """One Luma account as an operator configures it: a logged-in browser session's cookie."""
+    """One Luma account as an operator configures it.
+
+    `kind` says which protocol it speaks (worker/upstream/): `web`, a logged-in browser session
+    behind a `cookie`; `official`, the Dream Machine API behind an `api_key` (a Bearer token).
+    Neither credential is ever shown, logged or echoed.
+    """
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    # Which protocol the account speaks (worker/upstream/): `web`, the Luma web API.
-    kind: Literal["web"] = "web"
-    cookie: CookieLine = Field(min_length=1, repr=False)
+    kind: AccountKind = "web"
+    cookie: CookieLine | None = Field(default=None, min_length=1, repr=False)
+    api_key: ApiKeyLine | None = Field(default=None, min_length=1, repr=False)
     base_url: HttpUrl | None = Field(default=None, max_length=2048)
-    max_concurrency: int = Field(default=3, ge=1, le=100)
+    # Unset: 3 for a web session, 10 for an official key (its documented limit).
+    max_concurrency: int | None = Field(default=None, ge=1, le=100)
+    # Creates in any sliding minute, across every worker; unset: 20 for an official key (its
+    # documented limit), no limit for a web session.
+    creates_per_minute: int | None = Field(default=None, ge=1, le=10_000)
     # How many generations may wait in the pool's queue on this account's behalf; None = no
     # limit of its own (the pool's MAX_QUEUE_DEPTH still holds).
     max_queue: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _credential_of_its_kind(self) -> AccountConfig:
+        if self.kind == "web" and (not self.cookie or self.api_key):
+            raise ValueError("a web account takes a `cookie` (and no `api_key`)")
+        if self.kind == "official" and (not self.api_key or self.cookie):
+            raise ValueError("an official account takes an `api_key` (and no `cookie`)")
+        if self.max_concurrency is None:
+            self.max_concurrency = DEFAULT_CONCURRENCY[self.kind]
+        if self.creates_per_minute is None and self.kind == "official":
+            self.creates_per_minute = OFFICIAL_CREATES_PER_MINUTE
+        return self
+
+    @property
+    def credential(self) -> str:
+        """The cookie or the API key, whichever the kind takes."""
+        return (self.cookie if self.kind == "web" else self.api_key) or ""
 
 
 class Settings(BaseSettings):
@@ -124,6 +176,8 @@ class Settings(BaseSettings):
     access_token: str = Field(default="", repr=False)
     luma_accounts: list[AccountConfig] = Field(default_factory=list)
     luma_base_url: HttpUrl = LUMA_WEB_API
+    # Base URL of official accounts that do not set `base_url`.
+    luma_official_base_url: HttpUrl = LUMA_OFFICIAL_API
     default_max_concurrency: int = Field(default=3, ge=1)
 
     # Polling: an account's generation list is read at most every poll_min_interval and at
@@ -194,6 +248,38 @@ class Settings(BaseSettings):
     )
     webhook_allow_private_networks: bool = False
 
+    # The official API (shared/pricing.py): what each create costs, in cents, over Luma's list
+    # prices ({"ray-2:720p:5s": 71, "ray-1-6": 35, ...}), and the options a create that names none
+    # of them gets.
+    official_prices: dict[str, int] = Field(default_factory=dict)
+    official_default_model: Model = DEFAULT_MODEL
+    official_default_resolution: Resolution = DEFAULT_RESOLUTION
+    official_default_duration: Duration = DEFAULT_DURATION
+    # Where Luma (and callers) reach this gateway, e.g. https://gw.example.com: official creates
+    # then carry a callback_url under it, and stored files are served under it (/files/<id>).
+    public_base_url: str = ""
+    # While an official account's callbacks arrive, its generations are polled only this often.
+    callback_poll_interval_seconds: float = Field(default=30.0, gt=0)
+    # Images the gateway keeps itself (uploads when no web account can take them, external
+    # images for official accounts): a directory, or an S3-compatible bucket when FILES_S3_BUCKET
+    # is set (FILES_S3_ENDPOINT, FILES_S3_REGION, FILES_S3_ACCESS_KEY, FILES_S3_SECRET_KEY).
+    files_dir: str = "./data/files"
+    files_s3_endpoint: str = ""
+    files_s3_bucket: str = ""
+    files_s3_region: str = "us-east-1"
+    files_s3_access_key: str = Field(default="", repr=False)
+    files_s3_secret_key: str = Field(default="", repr=False)
+    # External images (a create's http(s) image that is not on Luma's CDN) are fetched by a
+    # worker; these URL prefixes are Luma's own and are passed through as they are.
+    luma_cdn_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https://storage.cdn-luma.com/"]
+    )
+    image_fetch_timeout_seconds: float = Field(default=20.0, gt=0)
+    # Development and tests only: let image fetches reach loopback and private addresses.
+    allow_private_networks: bool = False
+    # After a web generation completes, fetch its watermark-free link once (video.download_url).
+    fetch_download_url: bool = True
+
     worker_max_jobs: int = Field(default=50, ge=1)
     # A worker's liveness key lives 3 heartbeats; once it lapses another worker takes its jobs over.
     worker_heartbeat_seconds: float = Field(default=2.0, gt=0)
@@ -220,6 +306,21 @@ class Settings(BaseSettings):
     def _schedule_is_positive(cls, value: list[float]) -> list[float]:
         if any(step < 0 for step in value):
             raise ValueError("every step of the schedule is a number of seconds, 0 or more")
+        return value
+
+    @field_validator("luma_cdn_prefixes", mode="before")
+    @classmethod
+    def _split_prefixes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [prefix.strip() for prefix in value.split(",") if prefix.strip()]
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
         return value
 
     @field_validator("secret_key", mode="before")
@@ -298,15 +399,30 @@ class Settings(BaseSettings):
                 )
             )
         configured.extend(self.luma_accounts)
-        return [
-            account.model_copy(
-                update={
-                    "cookie": normalize_cookie(account.cookie),
-                    "base_url": (account.base_url or self.luma_base_url).rstrip("/"),
-                }
-            )
-            for account in configured
-        ]
+        return [self.with_defaults(account) for account in configured]
+
+    def with_defaults(self, account: AccountConfig) -> AccountConfig:
+        """The account with its kind's base URL filled in and its cookie normalized."""
+        default_base = self.luma_base_url if account.kind == "web" else self.luma_official_base_url
+        return account.model_copy(
+            update={
+                "cookie": normalize_cookie(account.cookie) if account.cookie else None,
+                "base_url": (account.base_url or default_base).rstrip("/"),
+            }
+        )
+
+    def price_table(self) -> dict[str, int]:
+        """Luma's list prices with the operator's OFFICIAL_PRICES over them."""
+        return {**LIST_PRICES_CENTS, **self.official_prices}
+
+    def official_price(self, model: str | None, resolution: str | None, duration: str | None) -> int:
+        """What an official create with these options (the defaults filling in) costs, in cents."""
+        return price_cents(
+            self.price_table(),
+            model or self.official_default_model,
+            resolution or self.official_default_resolution,
+            duration or self.official_default_duration,
+        )
 
     @property
     def record_retention_seconds(self) -> int:

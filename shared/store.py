@@ -71,6 +71,14 @@ end
 
 local function lq_present(value) return value ~= nil and value ~= cjson.null end
 
+-- A generation's record as a table, for a decision that depends on it (nil: there is none).
+-- Only reads: a change goes through lq_transition.
+local function lq_read(id)
+  local raw = redis.call('GET', lq_gen_key(id))
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
 -- Keep a sorted index of one holder's generations: add, trim what retention dropped, expire.
 local function lq_index(key, score, id, now_ms)
   redis.call('ZADD', key, score, id)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from simulator import cdn, control, faults, handlers
+from simulator import cdn, control, faults, handlers, official
 from simulator.config import SimulatorConfig
 from simulator.errors import ApiError, json_error, render
 from simulator.keys import ACCOUNT_KEY, STATE_KEY
@@ -56,7 +56,7 @@ async def _answer_luma(request: web.Request, handler: Handler, state: SimulatorS
     if error is not None:
         return await _routing_error(request, error)
     route_name = request.match_info.route.name
-    if route_name in handlers.UNAUTHENTICATED_ROUTES:
+    if route_name in handlers.UNAUTHENTICATED_ROUTES and not state.config.web_extend:
         return await _call(request, handler)
     cookie = request.headers.get(hdrs.COOKIE)
     account = state.authenticate(cookie)
@@ -72,6 +72,13 @@ async def _answer_luma(request: web.Request, handler: Handler, state: SimulatorS
     return response
 
 
+async def _answer_official(request: web.Request, handler: Handler) -> web.StreamResponse:
+    error = request.match_info.http_exception
+    if error is not None:
+        return await _routing_error(request, error)
+    return await official.authenticate(request, lambda req: _call(req, handler))
+
+
 @web.middleware
 async def upstream_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/_sim/"):
@@ -81,13 +88,16 @@ async def upstream_middleware(request: web.Request, handler: Handler) -> web.Str
     fault_label: str | None = None
     status = 500  # what aiohttp answers if a bug raises below
     try:
-        if request.path.startswith("/api/"):
+        if request.path.startswith(("/api/", official.PREFIX + "/")):
             fault = await faults.inject(request, state)
             fault_label = fault.label
             if fault.response is not None:
                 status = fault.response.status
                 return fault.response
-            response = await _answer_luma(request, handler, state)
+            if request.path.startswith("/api/"):
+                response = await _answer_luma(request, handler, state)
+            else:
+                response = await _answer_official(request, handler)
         elif request.match_info.http_exception is not None:
             response = await _routing_error(request, request.match_info.http_exception)
         else:
@@ -99,7 +109,9 @@ async def upstream_middleware(request: web.Request, handler: Handler) -> web.Str
         raise
     finally:
         headers = request.headers
-        account = state.identify(headers.get(hdrs.COOKIE))
+        account = state.identify(headers.get(hdrs.COOKIE)) or state.authenticate_key(
+            headers.get(hdrs.AUTHORIZATION)
+        )
         state.log_request(
             RequestRecord(
                 time=started_at,
@@ -123,6 +135,7 @@ def create_app(state: SimulatorState) -> web.Application:
     app = web.Application(middlewares=[upstream_middleware], client_max_size=MAX_BODY_BYTES)
     app[STATE_KEY] = state
     handlers.add_routes(app)
+    official.add_routes(app)
     cdn.add_routes(app)
     control.add_routes(app)
     return app
@@ -135,7 +148,7 @@ def run(host: str, port: int, config: SimulatorConfig) -> None:
         "Luma simulator on http://%s:%d, accounts: %s",
         host,
         port,
-        ", ".join(state.accounts) or "none",
+        ", ".join([*state.accounts, *state.official_accounts]) or "none",
     )
     # access_log=None and print=None: one quiet line above; per-request lines are debug logs.
     web.run_app(create_app(state), host=host, port=port, print=None, access_log=None)

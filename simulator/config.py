@@ -33,6 +33,19 @@ class AccountSpec(BaseModel):
         return value
 
 
+class OfficialAccountSpec(BaseModel):
+    """An official Dream Machine API account present at start-up: a Bearer key and a balance."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    key: str = Field(min_length=1, repr=False)
+    credits_cents: int = Field(default=10_000, ge=0)
+    # Luma's documented limits per key (Build tier); beyond them a create answers 429.
+    max_concurrency: int = Field(default=10, ge=1)
+    creates_per_minute: int = Field(default=20, ge=1)
+
+
 def default_accounts() -> list[AccountSpec]:
     """The two accounts the dev stack is configured with."""
     return [
@@ -42,7 +55,7 @@ def default_accounts() -> list[AccountSpec]:
 
 
 class SimulatorConfig(BaseModel):
-    """Every knob of the simulator; all fields can be changed while it runs (except `accounts`)."""
+    """Every knob of the simulator; all fields can be changed while it runs (except the accounts)."""
 
     # validate_assignment: a test doing `config.failure_rate = 2` should fail loudly, not misbehave.
     model_config = ConfigDict(validate_assignment=True, extra="forbid")
@@ -65,6 +78,17 @@ class SimulatorConfig(BaseModel):
 
     seed: int = 0
     accounts: list[AccountSpec] = Field(default_factory=default_accounts)
+    # The official API (under /dream-machine/v1, Bearer keys): its accounts, whether it has the
+    # newer `POST /generations/video` route (False: only `POST /generations`, as older ones),
+    # the Retry-After its 429s carry (None: none), whether it calls back `callback_url`s, and
+    # whether it fetches keyframe images (an unreachable one fails the generation).
+    official_accounts: list[OfficialAccountSpec] = Field(default_factory=list)
+    official_video_route: bool = True
+    official_retry_after_seconds: float | None = Field(default=None, ge=0)
+    official_callbacks: bool = True
+    official_fetch_images: bool = True
+    # The web API's extend route was removed in 2024 (405); True models an account that has it.
+    web_extend: bool = False
 
     # Credentials (token, rotated sessions) stop working this long after they were issued; None
     # means never. Models the ~30 min access tokens that only Set-Cookie merging keeps alive.
@@ -83,4 +107,4 @@ class SimulatorConfig(BaseModel):
 
     def runtime_view(self) -> dict[str, Any]:
         """The knobs as JSON, without the initial accounts (live ones are at /_sim/accounts)."""
-        return self.model_dump(exclude={"accounts"})
+        return self.model_dump(exclude={"accounts", "official_accounts"})

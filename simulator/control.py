@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from simulator.config import DEFAULT_CAPACITY, AccountSpec
+from simulator.config import DEFAULT_CAPACITY, AccountSpec, OfficialAccountSpec
 from simulator.keys import STATE_KEY
 from simulator.schemas import RequestInvalid, parse_body
 from simulator.state import SimulatorState
@@ -36,6 +36,10 @@ class CapacityBody(_Body):
     capacity: int = Field(ge=0)
     consumed: int | None = Field(default=None, ge=0)
     plan: str | None = None
+
+
+class CreditsBody(_Body):
+    credits_cents: int = Field(ge=0)
 
 
 class FailNextBody(_Body):
@@ -111,6 +115,23 @@ async def set_capacity(request: web.Request) -> web.Response:
     return web.json_response(account.stats(state.now()))
 
 
+async def add_official_account(request: web.Request) -> web.Response:
+    spec = parse_body(OfficialAccountSpec, await request.read())
+    state = _state(request)
+    return web.json_response(state.add_official_account(spec).stats(state.now()), status=201)
+
+
+async def set_credits(request: web.Request) -> web.Response:
+    body = parse_body(CreditsBody, await request.read())
+    state = _state(request)
+    account = state.set_credits(request.match_info["name"], body.credits_cents)
+    return web.json_response(account.stats(state.now()))
+
+
+async def get_callbacks(request: web.Request) -> web.Response:
+    return web.json_response(_state(request).callback_log)
+
+
 async def fail_next(request: web.Request) -> web.Response:
     body = parse_body(FailNextBody, await request.read())
     rule = _state(request).fail_next(
@@ -162,6 +183,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/_sim/accounts/{name}/expire", expire_account)
     r.add_post("/_sim/accounts/{name}/token", set_token)
     r.add_post("/_sim/accounts/{name}/capacity", set_capacity)
+    r.add_post("/_sim/official_accounts", add_official_account)
+    r.add_post("/_sim/official_accounts/{name}/credits", set_credits)
+    r.add_get("/_sim/callbacks", get_callbacks)
     r.add_post("/_sim/fail_next", fail_next)
     r.add_delete("/_sim/fail_next", clear_fail_next)
     r.add_get("/_sim/requests", get_requests)

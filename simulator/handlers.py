@@ -67,12 +67,33 @@ async def download_video_url(request: web.Request) -> web.Response:
     video = generation_json(generation, state.now(), base_url(request))["video"]
     if video is None:
         raise ApiError(400, "Video is not ready")
-    return web.json_response({"url": video["download_url"]})
+    # A presigned link of its own, as Luma's is: not the same string as video.url or download_url.
+    return web.json_response({"url": video["download_url"] + "?response-content-disposition=attachment"})
 
 
 async def extend_generation(request: web.Request) -> web.Response:
-    """Removed upstream in 2024; kept as a route so clients see exactly what Luma answers."""
-    raise ApiError(405, "Method Not Allowed", {"Allow": "GET"})
+    """Removed upstream in 2024 (405, before auth), unless the `web_extend` knob models an
+    account that still has it: then a create continuing a completed generation of the account."""
+    state = request.app[STATE_KEY]
+    if not state.config.web_extend:
+        raise ApiError(405, "Method Not Allowed", {"Allow": "GET"})
+    account = request[ACCOUNT_KEY]
+    source = state.generation_for(account, request.match_info["generation_id"])
+    if source is None or not source.video_ready_at(state.now()):
+        raise ApiError(404, GENERATION_NOT_FOUND)
+    body = parse_body(CreateGenerationBody, await request.read())
+    try:
+        generation = state.create_generation(
+            account,
+            prompt=body.user_prompt,
+            aspect_ratio=body.aspect_ratio,
+            expand_prompt=body.expand_prompt,
+            loop=body.loop,
+            extend_of=source.id,
+        )
+    except CapacitySpent:
+        raise ApiError(403, {"reason": "Maximum usage limit exceeded"}) from None
+    return web.json_response([generation_json(generation, state.now(), base_url(request))], status=201)
 
 
 async def usage(request: web.Request) -> web.Response:

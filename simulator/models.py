@@ -30,6 +30,15 @@ class Generation:
     video_url_at: float  # a completed generation has no video URL before this instant
     outcome: Outcome
     failure_reason: str | None = None
+    # An official API generation: its options, keyframes, callback and what it cost.
+    kind: Literal["web", "official"] = "web"
+    model: str | None = None
+    resolution: str | None = None
+    duration: str | None = None
+    keyframes: dict[str, Any] | None = None
+    callback_url: str | None = None
+    cost_cents: int = 0
+    extend_of: str | None = None  # the generation it continues
 
     def state_at(self, t: float) -> GenerationState:
         if t < self.processing_at:
@@ -59,6 +68,69 @@ class Generation:
             "failure_reason": self.failure_reason if self.is_terminal_at(t) else None,
             "image_url": self.image_url,
             "image_end_url": self.image_end_url,
+            "kind": self.kind,
+            "model": self.model,
+            "cost_cents": self.cost_cents,
+            "extend_of": self.extend_of,
+            "callback_url": self.callback_url is not None,
+        }
+
+
+@dataclass
+class OfficialAccount:
+    """An official API key's account: a credit balance in cents and the documented limits."""
+
+    name: str
+    key: str
+    credits_cents: int
+    max_concurrency: int
+    creates_per_minute: int
+    creates: int = 0
+    create_times: list[float] = field(default_factory=list)  # every create, oldest first
+    spent_cents: int = 0
+    max_in_flight: int = 0
+    rejected_rate_limited: int = 0
+    rejected_concurrency: int = 0
+    rejected_no_credits: int = 0
+    rejected_unauthenticated: int = 0
+    open_generations: list[Generation] = field(default_factory=list)
+    generations: list[Generation] = field(default_factory=list)
+
+    def prune_open(self, t: float) -> list[Generation]:
+        self.open_generations = [g for g in self.open_generations if not g.is_terminal_at(t)]
+        return self.open_generations
+
+    def creates_within(self, start: float, end: float) -> int:
+        return sum(start < at <= end for at in self.create_times)
+
+    def max_creates_in_a_minute(self) -> int:
+        """The most creates in any 60 s window, over the whole run."""
+        times = self.create_times
+        best, first = 0, 0
+        for last, at in enumerate(times):
+            while times[first] <= at - 60.0:
+                first += 1
+            best = max(best, last - first + 1)
+        return best
+
+    def stats(self, t: float) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": "official",
+            "credits_cents": self.credits_cents,
+            "spent_cents": self.spent_cents,
+            "creates": self.creates,
+            "in_flight": len(self.prune_open(t)),
+            "max_in_flight": self.max_in_flight,
+            "max_concurrency": self.max_concurrency,
+            "creates_per_minute": self.creates_per_minute,
+            "max_creates_in_a_minute": self.max_creates_in_a_minute(),
+            "rejected_rate_limited": self.rejected_rate_limited,
+            "rejected_concurrency": self.rejected_concurrency,
+            "rejected_no_credits": self.rejected_no_credits,
+            "rejected_unauthenticated": self.rejected_unauthenticated,
+            # The balance never goes below 0: a create it cannot pay is refused.
+            "rejected_create_after_spent": self.rejected_no_credits,
         }
 
 

@@ -18,8 +18,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from simulator.config import AccountSpec, SimulatorConfig
-from simulator.models import Account, FaultRule, Generation, Outcome, RequestRecord, Upload
+from simulator.config import AccountSpec, OfficialAccountSpec, SimulatorConfig
+from simulator.models import Account, FaultRule, Generation, OfficialAccount, Outcome, RequestRecord, Upload
 
 Clock = Callable[[], float]
 
@@ -59,6 +59,15 @@ class UploadExpired(SimulatorError):
     pass
 
 
+class OfficialRefused(SimulatorError):
+    """An official create refused before anything was made: `status` and `detail` say why."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
 def parse_cookie_header(header: str) -> list[tuple[str, str]]:
     """Split a Cookie header into (name, value) pairs, tolerating stray spaces and quotes."""
     pairs = []
@@ -84,6 +93,12 @@ class SimulatorState:
         self.fault_rules: list[FaultRule] = []
         self.faults_injected: Counter[str] = Counter()
         self._by_credential: dict[str, Account] = {}
+        self.official_accounts: dict[str, OfficialAccount] = {}
+        self._by_key: dict[str, OfficialAccount] = {}
+        # Official generations' callbacks: (generation id, state) already delivered or given up,
+        # and every attempt, for tests to read.
+        self.callbacks_done: set[tuple[str, str]] = set()
+        self.callback_log: list[dict[str, Any]] = []
         self._requests: deque[RequestRecord] = deque(maxlen=self.config.request_log_limit)
         # Signing key of presigned URLs; random per run, like a real bucket's secret.
         self._signing_key = secrets.token_bytes(32)
@@ -92,6 +107,8 @@ class SimulatorState:
         self.reseed(self.config.seed)
         for spec in self.config.accounts:
             self.add_account(spec)
+        for official in self.config.official_accounts:
+            self.add_official_account(official)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -130,6 +147,152 @@ class SimulatorState:
         self.accounts[spec.name] = account
         self._by_credential[spec.token] = account
         return account
+
+    def add_official_account(self, spec: OfficialAccountSpec) -> OfficialAccount:
+        if spec.name in self.accounts or spec.name in self.official_accounts:
+            raise AccountConflict(f"account {spec.name!r} exists")
+        if spec.key in self._by_key:
+            raise AccountConflict("key is already used by another account")
+        account = OfficialAccount(
+            name=spec.name,
+            key=spec.key,
+            credits_cents=spec.credits_cents,
+            max_concurrency=spec.max_concurrency,
+            creates_per_minute=spec.creates_per_minute,
+        )
+        self.official_accounts[spec.name] = account
+        self._by_key[spec.key] = account
+        return account
+
+    def official_account(self, name: str) -> OfficialAccount:
+        try:
+            return self.official_accounts[name]
+        except KeyError:
+            raise AccountNotFound(name) from None
+
+    def authenticate_key(self, authorization: str | None) -> OfficialAccount | None:
+        """The official account a `Bearer <key>` header names, if any."""
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return self._by_key.get(key.strip())
+
+    def set_credits(self, name: str, credits_cents: int) -> OfficialAccount:
+        account = self.official_account(name)
+        account.credits_cents = credits_cents
+        return account
+
+    def create_official(
+        self,
+        account: OfficialAccount,
+        *,
+        prompt: str,
+        price_cents: int,
+        aspect_ratio: str = "16:9",
+        loop: bool = False,
+        model: str | None = None,
+        resolution: str | None = None,
+        duration: str | None = None,
+        keyframes: dict[str, Any] | None = None,
+        callback_url: str | None = None,
+        image_failure: str | None = None,
+    ) -> Generation:
+        """Store an official generation and charge its price; OfficialRefused before anything if
+        a limit or the balance says no. A referenced generation must be a completed one of the
+        same account."""
+        t = self.now()
+        recent = account.creates_within(t - 60.0, t)
+        if recent >= account.creates_per_minute:
+            account.rejected_rate_limited += 1
+            raise OfficialRefused(
+                429, f"Rate limit exceeded: {account.creates_per_minute} creates per minute"
+            )
+        if len(account.prune_open(t)) >= account.max_concurrency:
+            account.rejected_concurrency += 1
+            raise OfficialRefused(429, f"Too many concurrent generations: at most {account.max_concurrency}")
+        if account.credits_cents < price_cents:
+            account.rejected_no_credits += 1
+            raise OfficialRefused(402, "Insufficient credits")
+        extend_of = None
+        for frame in (keyframes or {}).values():
+            if isinstance(frame, dict) and frame.get("type") == "generation":
+                source = self.generations.get(str(frame.get("id")))
+                if source is None or source.account != account.name or not source.video_ready_at(t):
+                    raise OfficialRefused(400, "The referenced generation was not found or is not completed")
+                extend_of = source.id
+        cfg = self.config
+        outcome: Outcome = "failed" if self.outcome_rng.random() < cfg.failure_rate else "completed"
+        failure_reason = "failure_rate" if outcome == "failed" else None
+        if image_failure:
+            outcome, failure_reason = "failed", image_failure
+        processing_at = t + cfg.pending_seconds
+        finished_at = processing_at + cfg.processing_seconds
+        images = {
+            name: str(frame.get("url"))
+            for name, frame in (keyframes or {}).items()
+            if isinstance(frame, dict) and frame.get("type") == "image"
+        }
+        generation = Generation(
+            id=str(uuid.uuid4()),
+            account=account.name,
+            prompt=prompt,
+            aspect_ratio=aspect_ratio,
+            expand_prompt=False,
+            loop=loop,
+            image_url=images.get("frame0"),
+            image_end_url=images.get("frame1"),
+            created_at=t,
+            processing_at=processing_at,
+            finished_at=finished_at,
+            video_url_at=finished_at + cfg.missing_url_seconds,
+            outcome=outcome,
+            failure_reason=failure_reason,
+            kind="official",
+            model=model,
+            resolution=resolution,
+            duration=duration,
+            keyframes=keyframes,
+            callback_url=callback_url,
+            cost_cents=price_cents,
+            extend_of=extend_of,
+        )
+        self.generations[generation.id] = generation
+        account.generations.append(generation)
+        account.credits_cents -= price_cents
+        account.spent_cents += price_cents
+        account.creates += 1
+        account.create_times.append(t)
+        in_flight = len(account.open_generations) + 1
+        account.open_generations.append(generation)
+        account.max_in_flight = max(account.max_in_flight, in_flight)
+        return generation
+
+    def official_generation_for(self, account: OfficialAccount, generation_id: str) -> Generation | None:
+        generation = self.generations.get(generation_id)
+        return generation if generation is not None and generation.account == account.name else None
+
+    def delete_official(self, account: OfficialAccount, generation_id: str) -> bool:
+        generation = self.official_generation_for(account, generation_id)
+        if generation is None:
+            return False
+        del self.generations[generation_id]
+        account.generations.remove(generation)
+        return True
+
+    def callbacks_due(self) -> list[tuple[Generation, str]]:
+        """Official generations with a callback_url whose current state has not been reported."""
+        t = self.now()
+        due: list[tuple[Generation, str]] = []
+        for generation in self.generations.values():
+            if generation.callback_url is None or generation.kind != "official":
+                continue
+            state = generation.state_at(t)
+            if state == "pending" or (generation.id, state) in self.callbacks_done:
+                continue
+            if state == "completed" and not generation.video_ready_at(t):
+                continue
+            due.append((generation, state))
+        return due
 
     def account(self, name: str) -> Account:
         try:
@@ -226,6 +389,7 @@ class SimulatorState:
         loop: bool = False,
         image_url: str | None = None,
         image_end_url: str | None = None,
+        extend_of: str | None = None,
     ) -> Generation:
         """Store a new generation and consume one unit of capacity; raises CapacitySpent at 0."""
         if account.available <= 0:
@@ -257,6 +421,7 @@ class SimulatorState:
             video_url_at=finished_at + cfg.missing_url_seconds,
             outcome=outcome,
             failure_reason=failure_reason,
+            extend_of=extend_of,
         )
         self.generations[generation.id] = generation
         account.generations.append(generation)
@@ -390,7 +555,9 @@ class SimulatorState:
 
     def account_stats(self) -> dict[str, dict[str, Any]]:
         t = self.now()
-        return {name: account.stats(t) for name, account in self.accounts.items()}
+        stats = {name: account.stats(t) for name, account in self.accounts.items()}
+        stats.update({name: account.stats(t) for name, account in self.official_accounts.items()})
+        return stats
 
     def stats(self) -> dict[str, Any]:
         return {

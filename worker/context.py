@@ -20,6 +20,7 @@ from shared.store import GenerationStore
 from worker.scheduler import Scheduler
 from worker.upstream import Provider, provider_for
 from worker.upstream.errors import LumaError
+from worker.upstream.official import OfficialDefaults
 from worker.upstream.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
@@ -46,6 +47,9 @@ class Deps:
         async def keep_cookie(cookie: str) -> None:
             await self.registry.set_cookie(account.name, cookie)
 
+        async def keep_create_route(route: str) -> None:
+            await self.registry.remember_create_route(account.name, route)
+
         settings = self.settings
         return provider_for(
             account,
@@ -59,6 +63,12 @@ class Deps:
                 budget_seconds=settings.upstream_retry_budget_seconds,
             ),
             on_cookie=keep_cookie,
+            on_create_route=keep_create_route,
+            official_defaults=OfficialDefaults(
+                model=settings.official_default_model,
+                resolution=settings.official_default_resolution,
+                duration=settings.official_default_duration,
+            ),
         )
 
     async def upstream_failed(self, account: str, error: LumaError) -> None:

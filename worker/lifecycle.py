@@ -61,6 +61,8 @@ async def observe(
     """Fold one upstream reading into the record: the record as it now stands, None once it ended."""
     to = phase_of(reading, record.phase)
     fields: dict[str, Any] = {"upstream": reading.raw, "observed_ts": now}
+    if reading.video_url:
+        fields["video_url"] = reading.video_url
     if reading.state == "completed" and to is not Phase.COMPLETED:
         # Luma says completed before the URL is there; wait for it, but not forever.
         since = record.completed_without_video_ts or now

@@ -19,7 +19,7 @@ from shared.accounts import AccountRegistry
 from shared.events import EventLog
 from shared.health import AccountHealth
 from shared.logs import configure_logging
-from shared.queue import SUBMIT_JOB, UPLOAD_JOB, create_arq_pool, deserialize_job, serialize_job
+from shared.queue import REFRESH_JOB, SUBMIT_JOB, UPLOAD_JOB, create_arq_pool, deserialize_job, serialize_job
 from shared.redisconn import redis_client
 from shared.settings import Settings
 from shared.store import generation_store
@@ -28,6 +28,7 @@ from worker.dispatcher import run_dispatcher
 from worker.liveness import Liveness, new_worker_id, run_liveness
 from worker.maintenance import run_upkeep
 from worker.poller import run_poller
+from worker.refresh import refresh
 from worker.scheduler import Scheduler
 from worker.submit import release_unused_leases, submit
 from worker.uploads import upload
@@ -40,7 +41,8 @@ MAX_RETRY_DELAY_SECONDS = 10.0
 
 NO_ACCOUNT_MESSAGE = (
     "No Luma account is configured. Set ACCESS_TOKEN (one account's cookie) or LUMA_ACCOUNTS "
-    '(a JSON list like [{"name": "main", "cookie": "access_token=..."}]), add one through the admin '
+    '(a JSON list like [{"name": "main", "cookie": "access_token=..."}] or, for the official API, '
+    '[{"name": "api", "kind": "official", "api_key": "luma-..."}]), add one through the admin '
     "API, or run `luma-queue dev` to work against the bundled simulator."
 )
 
@@ -65,7 +67,12 @@ async def startup(ctx: dict[str, Any]) -> None:
         store=store,
         registry=registry,
         health=health,
-        scheduler=Scheduler(redis, lease_seconds=settings.lease_ttl_seconds, store=store),
+        scheduler=Scheduler(
+            redis,
+            lease_seconds=settings.lease_ttl_seconds,
+            store=store,
+            default_price_cents=settings.official_price(None, None, None),
+        ),
         events=EventLog(redis),
     )
     ctx["deps"] = deps
@@ -130,6 +137,8 @@ def build_worker(settings: Settings) -> Worker:
             func(
                 upload, name=UPLOAD_JOB, timeout=settings.upload_timeout_seconds, keep_result=300, max_tries=3
             ),
+            # keep_result=0: a callback arriving after this refresh ran triggers another.
+            func(refresh, name=REFRESH_JOB, timeout=settings.upstream_timeout_seconds * 2, keep_result=0),
         ],
         redis_pool=create_arq_pool(settings),
         queue_name=keys.ARQ_QUEUE,

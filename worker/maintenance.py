@@ -40,8 +40,10 @@ async def refresh_usage(deps: Deps, account: Account) -> None:
         # Something changed meanwhile; try again on the next tick rather than store a stale count.
         await deps.redis.delete(keys.usage_lock(account.name))
         return
-    # None left makes it spent; a new month (or a bigger plan) brings a spent one back.
-    await deps.health.on_usage(account.name, usage.available)
+    # None left makes it spent; a new month (or a bigger plan, or a top-up) brings a spent one back.
+    # An official balance is spent once it cannot pay for the cheapest create.
+    enough = min(deps.settings.price_table().values()) if account.official else 1
+    await deps.health.on_usage(account.name, usage.available, enough=enough)
 
 
 async def keep_alive(deps: Deps, account: Account) -> None:

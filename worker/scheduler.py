@@ -26,36 +26,58 @@ _TEMPLATES = [
     keys.leases("{}"),
     keys.submitting("{}"),
     keys.wait_queue("{}"),
+    keys.reserved_cost("{}"),
+    keys.create_window("{}"),
 ]
 
 _PRELUDE = """
 local function key(template, name) return (string.gsub(template, '{}', name)) end
-local ACCOUNT, LEASES, SUBMITTING, WAITQ = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ACCOUNT, LEASES, SUBMITTING, WAITQ, COST, WINDOW = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 """
 
 # Claim the next waiting generation that some account can take now, and move it to `claimed`
 # through the store's transition in the same step (a crash cannot leave one without the other).
+# An account can take a generation when it is active and not resting, has a free slot, room in
+# its creates-per-minute window (when it has one) and `available` for what the generation costs
+# there: one generation on a web account, its price in cents on an official one. A generation
+# that names a provider goes only to that kind; one that continues another (extend) only to the
+# account that made the original.
 # KEYS: accounts, wait:owners, wait:all, wait:pin, wait:turn, dispatch seq
-# ARGV (after the templates): now ms, lease ms, a random number in [0, 1)
+# ARGV (after the templates): now ms, lease ms, a random number in [0, 1), window ms, the price
+# of a record that has none.
 # Returns {gen id, account, dispatch seq} or false when nothing can start.
 _CLAIM = (
     _PRELUDE
     + """
-local now, lease_ms, dice = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local now, lease_ms, dice = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local window_ms, default_price = tonumber(ARGV[10]), tonumber(ARGV[11])
 local names = redis.call('SMEMBERS', KEYS[1])
 table.sort(names)
-local free, usable = {}, {}
+local free, usable, kinds, available, room = {}, {}, {}, {}, {}
 for _, name in ipairs(names) do
-  local h = redis.call('HMGET', key(ACCOUNT, name), 'state', 'max_concurrency', 'available', 'breaker_until')
+  local h = redis.call('HMGET', key(ACCOUNT, name), 'state', 'max_concurrency', 'available', 'breaker_until',
+    'kind', 'creates_per_minute')
   redis.call('ZREMRANGEBYSCORE', key(LEASES, name), '-inf', now)
   free[name] = tonumber(h[2] or '0') - redis.call('ZCARD', key(LEASES, name))
-  local available = tonumber(h[3] or '')
-  usable[name] = h[1] == 'active' and tonumber(h[4] or '0') <= now and available ~= nil and available > 0
+  available[name] = tonumber(h[3] or '')
+  kinds[name] = h[5] or 'web'
+  usable[name] = h[1] == 'active' and tonumber(h[4] or '0') <= now and available[name] ~= nil
+  redis.call('ZREMRANGEBYSCORE', key(WINDOW, name), '-inf', now - window_ms)
+  local per_minute = tonumber(h[6] or '')
+  room[name] = per_minute and (per_minute - redis.call('ZCARD', key(WINDOW, name))) or 1
 end
-local function best_account()
+local function cost(name, rec)
+  if kinds[name] == 'official' then return tonumber(rec.price_cents) or default_price end
+  return 1
+end
+local function fits(name, rec)
+  return usable[name] and free[name] > 0 and room[name] > 0 and available[name] >= cost(name, rec)
+    and (not lq_present(rec.provider) or rec.provider == kinds[name])
+end
+local function best_account(rec)
   local best, ties = 0, {}
   for _, name in ipairs(names) do
-    if usable[name] and free[name] > 0 then
+    if fits(name, rec) then
       if free[name] > best then best, ties = free[name], {name}
       elseif free[name] == best then table.insert(ties, name) end
     end
@@ -82,25 +104,39 @@ for _, owner in ipairs(owners) do
       redis.call('ZREM', KEYS[2], owner)
       break
     end
+    local rec = lq_read(head)
     local choice = nil
-    local pin = redis.call('HGET', KEYS[4], head)
-    -- A pinned generation waits for the account that holds its image while that account is
-    -- healthy; if the account cannot serve at all, the image's public URL works anywhere.
-    if pin and usable[pin] then
-      if free[pin] > 0 then choice = pin end
-    else
-      choice = best_account()
+    if rec then
+      local pin = redis.call('HGET', KEYS[4], head)
+      if lq_present(rec.pin_account) then
+        -- It continues a generation of that account: nowhere else can run it.
+        if fits(rec.pin_account, rec) then choice = rec.pin_account end
+      elseif pin and usable[pin] then
+        -- A pinned generation waits for the account that holds its image while that account is
+        -- healthy; if the account cannot serve at all, the image's public URL works anywhere.
+        if fits(pin, rec) then choice = pin end
+      else
+        choice = best_account(rec)
+      end
+      if not choice then break end
     end
-    if not choice then break end
-    local seq = redis.call('INCR', KEYS[6])
-    local moved = lq_transition(head, 'claimed', {waiting = true}, nil,
-      {account = choice, dispatch_seq = seq, started_ts = now / 1000})
+    local moved = {'missing'}
+    local seq = 0
+    if rec then
+      seq = redis.call('INCR', KEYS[6])
+      moved = lq_transition(head, 'claimed', {waiting = true}, nil,
+        {account = choice, dispatch_seq = seq, started_ts = now / 1000})
+    end
     leave_queue(queue, owner, head)
     if moved[1] == 'ok' then
+      local units = cost(choice, rec)
       redis.call('ZADD', key(LEASES, choice), now + lease_ms, head)
       redis.call('SADD', key(SUBMITTING, choice), head)
-      redis.call('HINCRBY', key(ACCOUNT, choice), 'available', -1)
-      redis.call('HINCRBY', key(ACCOUNT, choice), 'consumed', 1)
+      redis.call('HSET', key(COST, choice), head, units)
+      redis.call('ZADD', key(WINDOW, choice), now, head)
+      redis.call('PEXPIRE', key(WINDOW, choice), window_ms)
+      redis.call('HINCRBY', key(ACCOUNT, choice), 'available', -units)
+      redis.call('HINCRBY', key(ACCOUNT, choice), 'consumed', units)
       redis.call('HINCRBY', key(ACCOUNT, choice), 'usage_seq', 1)
       return {head, choice, seq}
     end
@@ -125,17 +161,22 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 """
 
-# Give a slot back. KEYS: leases, submitting, running, account, wake.
-# ARGV: gen id, 1 to give back the capacity reserved at claim (no create was made).
+# Give a slot back. KEYS: leases, submitting, running, account, wake, ..., reserved cost, rate
+# window (the last two, whatever comes between). ARGV: gen id, 1 to give back what the claim
+# reserved (no create was made: its capacity or price, and its place in the rate window).
 _GIVE_BACK_SLOT = """
 local function give_back_slot()
+  local COST, WINDOW = KEYS[#KEYS - 1], KEYS[#KEYS]
   redis.call('ZREM', KEYS[1], ARGV[1])
   local was_submitting = redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
+  local units = tonumber(redis.call('HGET', COST, ARGV[1]) or '') or 1
+  redis.call('HDEL', COST, ARGV[1])
   if was_submitting == 1 and ARGV[2] == '1' then
-    redis.call('HINCRBY', KEYS[4], 'available', 1)
-    redis.call('HINCRBY', KEYS[4], 'consumed', -1)
+    redis.call('HINCRBY', KEYS[4], 'available', units)
+    redis.call('HINCRBY', KEYS[4], 'consumed', -units)
     redis.call('HINCRBY', KEYS[4], 'usage_seq', 1)
+    redis.call('ZREM', WINDOW, ARGV[1])
   end
   redis.call('LPUSH', KEYS[5], '1')
   redis.call('LTRIM', KEYS[5], 0, 999)
@@ -148,7 +189,8 @@ _RELEASE = _GIVE_BACK_SLOT + "return give_back_slot()"
 # store's transition, and give its slot back, in one step: a crash between the two would leave
 # it in no queue at all. A record that a newer attempt owns (another fence) is left alone, slot
 # included; one that can no longer wait (cancelled meanwhile) only gives its slot back.
-# KEYS: the five of _GIVE_BACK_SLOT, then wait queue, wait:all, wait:owners, wait:turn, wait:pin.
+# KEYS: the first five of _GIVE_BACK_SLOT, then wait queue, wait:all, wait:owners, wait:turn,
+# wait:pin, then its last two.
 # ARGV: the two of _GIVE_BACK_SLOT, then owner, pin account or '', fence or ''.
 # Returns 1 requeued, 0 slot given back only, -1 nothing done (fenced).
 _REQUEUE_FRONT = (
@@ -171,10 +213,12 @@ return 1
 """
 )
 
-# A created generation joins the account's polled set. KEYS: submitting, running, leases,
-# account, poll lock; ARGV: gen id, upstream created ms, lease expiry ms, ms until it may end.
+# A created generation joins the account's polled set; what its claim reserved is now the
+# upstream's to count. KEYS: submitting, running, leases, account, poll lock, reserved cost;
+# ARGV: gen id, upstream created ms, lease expiry ms, ms until it may end.
 _MARK_RUNNING = """
 redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'usage_seq', 1)
@@ -188,17 +232,35 @@ return 1
 """
 
 # Record a fresh usage reading unless a claim or release changed the account meanwhile.
-# KEYS: account, submitting; ARGV: usage_seq seen before the call, available, capacity,
-# consumed, usage JSON. Claimed-but-not-created generations are not in the upstream's count yet,
-# so they stay reserved: out of `available` and into `consumed`, as the claim counted them.
+# KEYS: account, submitting, reserved cost; ARGV: usage_seq seen before the call, available,
+# capacity ('' if none), consumed ('' if none), usage JSON. Claimed-but-not-created generations
+# are not in the upstream's count yet, so what their claims reserved (a generation each on a web
+# account, a price on an official one) stays out of `available` and in `consumed`.
 _USAGE = """
 local seq = redis.call('HGET', KEYS[1], 'usage_seq') or '0'
 if seq ~= ARGV[1] then return 0 end
-local reserved = redis.call('SCARD', KEYS[2])
+local reserved = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  reserved = reserved + (tonumber(redis.call('HGET', KEYS[3], id) or '') or 1)
+end
+local consumed = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'available', tonumber(ARGV[2]) - reserved, 'capacity', ARGV[3],
-  'consumed', tonumber(ARGV[4]) + reserved, 'usage', ARGV[5])
+  'consumed', consumed and (consumed + reserved) or '', 'usage', ARGV[5])
 return 1
 """
+
+# The create is being sent now: its place in the rate window moves to this moment, so that
+# the window counts creates as the upstream sees them arrive (a claim can be sent late).
+# KEYS: rate window; ARGV: gen id, now ms, window ms.
+_SENDING = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# The upstream's own minute: a little longer here, so a create sent a moment after its
+# claim still finds the upstream's window as full as ours.
+WINDOW_SECONDS = 62.0
 
 
 @dataclass(frozen=True)
@@ -209,9 +271,20 @@ class Claim:
 
 
 class Scheduler:
-    def __init__(self, redis: Redis, *, lease_seconds: float, store: GenerationStore) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        lease_seconds: float,
+        store: GenerationStore,
+        default_price_cents: int = 0,
+        window_seconds: float = WINDOW_SECONDS,
+    ) -> None:
         self.redis = redis
         self.lease_ms = int(lease_seconds * 1000)
+        # What an official create costs when its record says nothing (records of older versions).
+        self.default_price_cents = default_price_cents
+        self.window_ms = int(window_seconds * 1000)
         # The claim and the requeue move a generation's phase: they run the store's transition.
         self._claim = redis.register_script(store.lua_library + _CLAIM)
         self._ensure = redis.register_script(_ENSURE_LEASE)
@@ -219,6 +292,7 @@ class Scheduler:
         self._requeue = redis.register_script(store.lua_library + _REQUEUE_FRONT)
         self._usage = redis.register_script(_USAGE)
         self._mark_running = redis.register_script(_MARK_RUNNING)
+        self._sending = redis.register_script(_SENDING)
 
     async def claim(self) -> Claim | None:
         answer = await self._claim(
@@ -230,7 +304,14 @@ class Scheduler:
                 keys.WAIT_TURN,
                 keys.DISPATCH_SEQ,
             ],
-            args=[*_TEMPLATES, _now_ms(), self.lease_ms, random.random()],
+            args=[
+                *_TEMPLATES,
+                _now_ms(),
+                self.lease_ms,
+                random.random(),
+                self.window_ms,
+                self.default_price_cents,
+            ],
         )
         if not answer:
             return None
@@ -253,7 +334,10 @@ class Scheduler:
             await self.redis.zadd(keys.leases(account), dict.fromkeys(gen_ids, expiry))
 
     async def release(self, gen_id: str, account: str, *, restore_capacity: bool) -> None:
-        await self._release(keys=self._slot_keys(account), args=[gen_id, "1" if restore_capacity else "0"])
+        await self._release(
+            keys=[*self._slot_keys(account), *self._reservation_keys(account)],
+            args=[gen_id, "1" if restore_capacity else "0"],
+        )
 
     @staticmethod
     def _slot_keys(account: str) -> list[str]:
@@ -264,6 +348,10 @@ class Scheduler:
             keys.account(account),
             keys.WAKE,
         ]
+
+    @staticmethod
+    def _reservation_keys(account: str) -> list[str]:
+        return [keys.reserved_cost(account), keys.create_window(account)]
 
     @staticmethod
     def _queue_keys(owner: str) -> list[str]:
@@ -292,7 +380,7 @@ class Scheduler:
         given back), or `fence` is no longer its intent's (nothing was touched).
         """
         moved = await self._requeue(
-            keys=[*self._slot_keys(account), *self._queue_keys(owner)],
+            keys=[*self._slot_keys(account), *self._queue_keys(owner), *self._reservation_keys(account)],
             args=[gen_id, "1" if restore_capacity else "0", owner, pin or "", "" if fence is None else fence],
         )
         return int(moved) == 1
@@ -308,6 +396,7 @@ class Scheduler:
                 keys.leases(account),
                 keys.account(account),
                 keys.poll_lock(account),
+                keys.reserved_cost(account),
             ],
             args=[
                 gen_id,
@@ -322,10 +411,20 @@ class Scheduler:
 
     async def store_usage(self, account: str, seen_seq: str, usage: UpstreamUsage) -> bool:
         saved = await self._usage(
-            keys=[keys.account(account), keys.submitting(account)],
-            args=[seen_seq, usage.available, usage.capacity, usage.consumed, json.dumps(usage.raw)],
+            keys=[keys.account(account), keys.submitting(account), keys.reserved_cost(account)],
+            args=[
+                seen_seq,
+                usage.available,
+                "" if usage.capacity is None else usage.capacity,
+                "" if usage.consumed is None else usage.consumed,
+                json.dumps(usage.raw),
+            ],
         )
         return bool(saved)
+
+    async def sending(self, gen_id: str, account: str) -> None:
+        """The paid create leaves now: count it in the account's rate window from this moment."""
+        await self._sending(keys=[keys.create_window(account)], args=[gen_id, _now_ms(), self.window_ms])
 
     async def wait_for_wake(self, seconds: float) -> None:
         """Sleep until new work or a freed slot is announced, or `seconds` pass."""

@@ -22,6 +22,7 @@ from shared.redisconn import replicas_confirm
 from shared.states import TERMINAL_PHASES, FailureReason, Phase
 from worker.context import Deps, deps_of
 from worker.lifecycle import back_to_queue, finish, finish_failed, phase_of
+from worker.refresh import callback_url
 from worker.upstream import Provider
 from worker.upstream.errors import (
     AccountExpired,
@@ -122,8 +123,11 @@ async def create(deps: Deps, record: GenerationRecord, account_name: str) -> str
     deps.unused_leases.pop(record.id, None)
     deps.fault_point("before_create")
 
+    await deps.scheduler.sending(record.id, account_name)
     try:
-        reading = await deps.provider(account).create(record)
+        reading = await deps.provider(account).create(
+            record, callback_url=await callback_url(deps, record, account)
+        )
     except RequestNotSent as error:
         # It never left this machine: nothing was created, nothing billed.
         await deps.upstream_failed(account_name, error)
@@ -174,6 +178,8 @@ async def record_created(
         "submitted_ts": reading.created_ts or now,
         "observed_ts": now,
     }
+    if reading.video_url:
+        fields["video_url"] = reading.video_url
     if to in TERMINAL_PHASES:
         # Already over in its first answer (rare, but an upstream may say so): end it here.
         if to is Phase.FAILED:

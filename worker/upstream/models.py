@@ -28,11 +28,12 @@ class UpstreamGeneration(BaseModel):
 
 
 class UpstreamUsage(BaseModel):
-    """An account's capacity as the upstream counts it."""
+    """An account's capacity as the upstream counts it: generations on a web account, cents of
+    credit on an official one (which has no capacity or consumed count: None)."""
 
     available: int
-    capacity: int
-    consumed: int
+    capacity: int | None
+    consumed: int | None
     raw: dict[str, Any] = Field(repr=False)
 
 

@@ -180,13 +180,13 @@ class LumaClient:
 
     # --- the upstream calls ---------------------------------------------------------------------
 
-    async def create(self, body: Mapping[str, Any]) -> Json:
-        """POST a new generation and return it (element 0 of the 201 array).
+    async def create(self, body: Mapping[str, Any], *, extend_of: str | None = None) -> Json:
+        """POST a new generation (or an extend of `extend_of`) and return it (element 0 of the 201 array).
 
         Not retried except on RequestNotSent: a create that timed out may have been billed, so
         the caller reconciles against `list()` instead of sending it again.
         """
-        path = f"{_GENERATIONS}/"
+        path = f"{_GENERATIONS}/{_path_id(extend_of)}/extend" if extend_of else f"{_GENERATIONS}/"
         data = await self._retried(
             "create",
             lambda: self._request(
@@ -487,8 +487,12 @@ class WebProvider:
         self.client = client
         self.account = client.account
 
-    async def create(self, record: GenerationRecord) -> UpstreamGeneration:
-        return generation_from_web(await self.client.create(create_body(record)))
+    async def create(
+        self, record: GenerationRecord, *, callback_url: str | None = None
+    ) -> UpstreamGeneration:
+        # The web API has no callbacks: its generations are polled.
+        created = await self.client.create(create_body(record), extend_of=record.extend_upstream_id)
+        return generation_from_web(created)
 
     async def get(self, upstream_id: str) -> UpstreamGeneration:
         return generation_from_web(await self.client.get(upstream_id))
@@ -509,6 +513,9 @@ class WebProvider:
     async def keep_alive(self) -> None:
         await self.client.me()
 
+    async def download_url(self, upstream_id: str) -> str | None:
+        return await self.client.download_video_url(upstream_id)
+
     async def upload(self, data: bytes, content_type: str, filename: str) -> UploadSlot:
         signed = await self.client.sign_upload(filename or "file.jpg")
         await self.client.put_upload(str(signed["presigned_url"]), data, content_type)
@@ -526,10 +533,12 @@ def create_body(record: GenerationRecord) -> Json:
         "aspect_ratio": record.aspect_ratio,
         "expand_prompt": record.expand_prompt,
     }
-    if record.image:
-        body["image_url"] = record.image
-    if record.image_end:
-        body["image_end_url"] = record.image_end
+    # An external image was put on the account first (worker/images.py): use that copy.
+    image, image_end = record.upstream_image or record.image, record.upstream_image_end or record.image_end
+    if image:
+        body["image_url"] = image
+    if image_end:
+        body["image_end_url"] = image_end
     if record.loop is not None:
         body["loop"] = record.loop
     return body
