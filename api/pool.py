@@ -21,10 +21,13 @@ def _usage_source(accounts: list[Account]) -> dict[str, Any]:
 
 
 async def usage(registry: AccountRegistry, *, with_accounts: bool) -> dict[str, Any]:
-    """The seed's usage shape summed over the pool; the admin also sees one row per account."""
+    """The seed's usage shape summed over the pool's web accounts (generations), the official
+    accounts' credit beside it (cents); the admin also sees one row per account."""
     accounts = await registry.all()
-    counted = [account for account in accounts if account.state != AccountState.DISABLED]
-    source = _usage_source(accounts)
+    enabled = [account for account in accounts if account.state != AccountState.DISABLED]
+    counted = [account for account in enabled if not account.official]
+    official = [account for account in enabled if account.official]
+    source = _usage_source([account for account in accounts if not account.official])
     subscription = source.get("subscription")
     plans = source.get("plans")
     summary: dict[str, Any] = {
@@ -35,6 +38,8 @@ async def usage(registry: AccountRegistry, *, with_accounts: bool) -> dict[str, 
             subscription if isinstance(subscription, dict) else {"active": False, "plan": None, "type": None}
         ),
         "plans": plans if isinstance(plans, list) else [],
+        # Official accounts: their credit, less what claims in progress reserved, in US cents.
+        "credit_balance": sum(account.available or 0 for account in official) if official else None,
     }
     if with_accounts:
         summary["accounts"] = [view.model_dump() for view in await registry.views()]

@@ -12,11 +12,12 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from api.appkeys import REDIS, SETTINGS, STORE
+from api.appkeys import REDIS, REGISTRY, SETTINGS, STORE
 from api.auth import Caller
 from api.errors import (
     CallbackNotAllowed,
@@ -29,6 +30,7 @@ from api.errors import (
 )
 from api.replication import confirm_replicated
 from shared import netguard
+from shared.accounts import AccountState
 from shared.models import CreateRequest, GenerationRecord, new_id
 from shared.settings import Settings
 from shared.store import (
@@ -87,15 +89,23 @@ def request_hash(kind: str, body: object) -> str:
 
 
 async def submit(
-    request: web.Request, caller: Caller, creates: list[CreateRequest], *, kind: str, body: object
+    request: web.Request,
+    caller: Caller,
+    creates: list[CreateRequest],
+    *,
+    kind: str,
+    body: object,
+    adjust: Callable[[GenerationRecord], None] | None = None,
 ) -> Submitted:
     """Check, store and queue `creates` for the caller, in order; all or none. The store's one
-    round trip also says where each stands (place and wait) for the answer."""
+    round trip also says where each stands (place and wait) for the answer. `adjust` sets what
+    a create body cannot (what an extend continues)."""
     app = request.app
     settings = app[SETTINGS]
     idempotency = idempotency_key(request)
     for url in dict.fromkeys(create.callback_url for create in creates if create.callback_url):
         await check_callback(settings, url)
+    await check_providers(request, {create.provider for create in creates if create.provider})
     batch_id = new_id() if kind == "batch" else None
     # Whole microseconds, a microsecond apart in the order given: a batch lists newest first
     # like anything else (and float rounding cannot make two of them equal).
@@ -105,6 +115,10 @@ async def submit(
         record = GenerationRecord.new(caller.owner, create)
         record.created_ts = (now_us + index) / 1_000_000
         record.batch_id = batch_id
+        # Kept on the record: the claim reserves it on an official account (worker/scheduler.py).
+        record.price_cents = settings.official_price(record.model, record.resolution, record.duration)
+        if adjust is not None:
+            adjust(record)
         records.append(record)
     try:
         enqueued = await app[STORE].enqueue_many(
@@ -151,6 +165,19 @@ async def submit(
     else:
         shown = views(records, enqueued.places)
     return Submitted(batch_id=enqueued.batch_id, views=shown, headers=_success_headers(enqueued))
+
+
+async def check_providers(request: web.Request, wanted: set[str]) -> None:
+    """Creates that name a provider need an active account of that kind (as any create needs one)."""
+    if not wanted:
+        return
+    accounts = await request.app[REGISTRY].all()
+    active = {account.kind for account in accounts if account.state is AccountState.ACTIVE}
+    missing = sorted(wanted - active) if accounts else []
+    if missing:
+        raise NoAccountAvailable(
+            f"no {' or '.join(missing)} account can take work now (none is active); nothing was stored"
+        )
 
 
 async def check_callback(settings: Settings, url: str) -> None:

@@ -58,8 +58,8 @@ Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     worker:{id}:jobs         set     arq job ids that worker is running (taken over if it dies)
     start-deadlines          zset    gen id -> ms by which it must have been submitted upstream
     pool:unusable-since      string  ms since when no account could take work (NO_ACCOUNT_DEADLINE)
-    pool:unservable-since    hash    "kind:official", "account:{name}" -> ms since when no active
-                                     account could serve generations that need that kind or account
+    pool:unservable-since    hash    gen id -> ms since when no active account could run that waiting
+                                     generation as it asks (its provider, its account, its price)
     upstream-callback:{hash} string  gen id an official create's callback token names (by token hash)
     refresh:{id} (arq job)           an immediate read of one generation, after a Luma callback
     stats:gen-seconds        string  measured recent generation time (EWMA), for estimates

@@ -15,6 +15,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from shared import keys
 from shared.accounts import Account, AccountState
 from shared.health import Problem
+from shared.models import GenerationRecord
 from shared.queue import SUBMIT_JOB
 from shared.states import NOT_SUBMITTED, FailureReason, Phase
 from worker.context import Deps
@@ -108,6 +109,49 @@ async def sweep(deps: Deps) -> None:
         for gen_id in await deps.redis.smembers(keys.submitting(name)):
             await _sweep_claim(deps, name, str(gen_id))
     await _sweep_leases(deps)
+    await fail_unservable(deps, time.time())
+
+
+def servable(record: GenerationRecord, accounts: list[Account]) -> bool:
+    """Whether some active account could run it as it asks: its kind, its account, its price."""
+    for account in accounts:
+        if account.state is not AccountState.ACTIVE:
+            continue
+        if record.pin_account and account.name != record.pin_account:
+            continue
+        if record.provider and account.kind != record.provider:
+            continue
+        if account.official and (account.available or 0) < (record.price_cents or 0):
+            continue
+        return True
+    return False
+
+
+async def fail_unservable(deps: Deps, now: float) -> None:
+    """A waiting generation that no active account can run (its provider's accounts are all out,
+    the account it continues is gone, or no official balance can pay its price) fails
+    `no_account` once that has lasted NO_ACCOUNT_DEADLINE_SECONDS, instead of waiting forever."""
+    accounts = await deps.registry.all()
+    waiting = await deps.store.get_many(await deps.store.waiting_ids())
+    since = await deps.redis.hgetall(keys.UNSERVABLE_SINCE)
+    stuck = {record.id: record for record in waiting if not servable(record, accounts)}
+    gone = [gen_id for gen_id in since if gen_id not in stuck]
+    if gone:
+        await deps.redis.hdel(keys.UNSERVABLE_SINCE, *gone)
+    deadline = deps.settings.no_account_deadline_seconds
+    for gen_id, record in stuck.items():
+        first = float(since[gen_id]) / 1000 if gen_id in since else None
+        if first is None:
+            await deps.redis.hset(keys.UNSERVABLE_SINCE, gen_id, str(int(now * 1000)))
+        elif now - first >= deadline:
+            await deps.store.take_back(
+                record,
+                FailureReason.NO_ACCOUNT,
+                f"no account could run it as it asks (provider {record.provider or 'any'}"
+                f"{', account ' + record.pin_account if record.pin_account else ''}) for {int(deadline)} s",
+                expect={Phase.WAITING},
+            )
+            await deps.redis.hdel(keys.UNSERVABLE_SINCE, gen_id)
 
 
 async def _sweep_claim(deps: Deps, account: str, gen_id: str) -> None:
