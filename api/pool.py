@@ -38,9 +38,10 @@ async def usage(registry: AccountRegistry, *, with_accounts: bool) -> dict[str, 
             subscription if isinstance(subscription, dict) else {"active": False, "plan": None, "type": None}
         ),
         "plans": plans if isinstance(plans, list) else [],
-        # Official accounts: their credit, less what claims in progress reserved, in US cents.
-        "credit_balance": sum(account.available or 0 for account in official) if official else None,
     }
+    if official:
+        # Official accounts: their credit, less what claims in progress reserved, in US cents.
+        summary["credit_balance"] = sum(account.available or 0 for account in official)
     if with_accounts:
         summary["accounts"] = [view.model_dump() for view in await registry.views()]
     return summary
