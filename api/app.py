@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 import structlog
 from aiohttp import web
 
-from api import dashboard, handlers, processes, server, webhooks
-from api.appkeys import ARQ, EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE, WEBHOOKS
+from api import dashboard, extend, handlers, processes, relay, server, upstream_callbacks, webhooks
+from api.appkeys import ARQ, EVENT_HUB, EVENTS, FILES, REDIS, REGISTRY, SETTINGS, STORE, WEBHOOKS
 from api.auth import KEYRING, KeyRing
 from api.errors import error_middleware
 from api.events import EventHub
@@ -20,6 +20,7 @@ from api.images import image_decoder
 from api.middleware import add_response_headers, body_deadline, preflight, request_context
 from shared.accounts import AccountRegistry
 from shared.events import EventLog
+from shared.files import file_store
 from shared.logs import configure_logging
 from shared.queue import create_arq_pool
 from shared.redisconn import redacted_url, redis_client
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[KEYRING] = KeyRing(settings.secret_key, settings.admin_key)
+    app[FILES] = file_store(settings)
     app.cleanup_ctx.extend([_redis, _event_hub, _arq, image_decoder])
     app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(add_response_headers)
@@ -102,6 +104,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", handlers.health)
     app.router.add_get("/", dashboard.index)
     app.router.add_get("/dashboard/{name}", dashboard.asset)
+    extend.add_routes(app)
+    upstream_callbacks.add_routes(app)
+    relay.add_routes(app)
     return app
 
 

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from api.events import EventHub
 from shared.accounts import AccountRegistry
 from shared.events import EventLog
+from shared.files import FileStore
 from shared.settings import Settings
 from shared.store import GenerationStore
 from shared.webhooks import WebhookStore
@@ -23,6 +24,7 @@ ARQ = web.AppKey("arq", ArqRedis)  # bytes: arq's queue and uploaded images
 STORE = web.AppKey("store", GenerationStore)
 REGISTRY = web.AppKey("registry", AccountRegistry)
 EVENTS = web.AppKey("events", EventLog)
+FILES = web.AppKey("files", FileStore)  # images the gateway keeps itself (shared/files.py)
 # The live stream's one reader of the event log in this process (api/events.py).
 EVENT_HUB = web.AppKey("event_hub", EventHub)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)

@@ -392,3 +392,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return render(RedisUnavailable(RedisUnavailable.outcome_unknown if unsure else None))
         log.exception("unhandled error", method=request.method, path=request.path)
         return render(InternalError("internal error; the X-Request-ID header identifies it in our logs"))
+
+
+class NotExtendable(ApiError):
+    status = 409
+    code = "not_extendable"
+    default_message = "only a completed generation can be extended"

@@ -115,10 +115,10 @@ async def submit(
         record = GenerationRecord.new(caller.owner, create)
         record.created_ts = (now_us + index) / 1_000_000
         record.batch_id = batch_id
-        # Kept on the record: the claim reserves it on an official account (worker/scheduler.py).
-        record.price_cents = settings.official_price(record.model, record.resolution, record.duration)
         if adjust is not None:
             adjust(record)
+        # Kept on the record: the claim reserves it on an official account (worker/scheduler.py).
+        record.price_cents = settings.official_price(record.model, record.resolution, record.duration)
         records.append(record)
     try:
         enqueued = await app[STORE].enqueue_many(

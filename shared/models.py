@@ -46,7 +46,7 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _http_url(value: str | None) -> str | None:
+def http_url(value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip()
@@ -69,7 +69,7 @@ class ImageKeyframe(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        checked = _http_url(value)
+        checked = http_url(value)
         assert checked is not None
         return checked
 
@@ -111,7 +111,7 @@ class CreateRequest(BaseModel):
     @field_validator("image", "image_end", "callback_url")
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
-        return _http_url(value or None)
+        return http_url(value or None)
 
     @field_validator("keyframes", mode="before")
     @classmethod
@@ -162,7 +162,7 @@ class BatchRequest(BaseModel):
     @field_validator("callback_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        return _http_url(value or None)
+        return http_url(value or None)
 
     @field_validator("items")
     @classmethod

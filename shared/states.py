@@ -87,3 +87,4 @@ class FailureReason(StrEnum):
     NO_ACCOUNT = "no_account"  #: no account could take it before NO_ACCOUNT_DEADLINE_SECONDS
     CANCELLED = "cancelled"  #: its owner took it back before it reached the upstream
     START_DEADLINE_EXCEEDED = "start_deadline_exceeded"  #: not submitted by its start_deadline
+    IMAGE_UNREACHABLE = "image_unreachable"  #: its external image could not be fetched: nothing was spent

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from shared.accounts import Account, AccountRegistry
 from shared.events import EventLog
+from shared.files import FileStore
 from shared.health import AccountHealth
 from shared.settings import Settings
 from shared.store import GenerationStore
@@ -37,6 +38,9 @@ class Deps:
     health: AccountHealth
     scheduler: Scheduler
     events: EventLog
+    files: FileStore  # images the gateway keeps itself (shared/files.py)
+    # For callers' URLs (external images): connects to public addresses only (worker/images.py).
+    fetch_session: aiohttp.ClientSession
     # Generations whose submit job runs in this process and holds a slot it has not yet used
     # for a create: given back on shutdown so the next worker does not wait for them to expire.
     unused_leases: dict[str, str] = field(default_factory=dict)

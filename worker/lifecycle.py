@@ -13,10 +13,12 @@ from typing import Any
 import structlog
 
 from shared import keys
+from shared.accounts import UnknownAccount
 from shared.models import GenerationRecord
 from shared.states import UPSTREAM_LIVE, FailureReason, Phase
 from shared.store import Transition
 from worker.context import Deps
+from worker.upstream.errors import LumaError
 from worker.upstream.models import UpstreamGeneration
 
 log = structlog.get_logger(__name__)
@@ -86,6 +88,7 @@ async def observe(
         )
         return None
     if to is Phase.COMPLETED:
+        fields.update(await download_link(deps, record))
         await finish(deps, record, Phase.COMPLETED, **fields)
         return None
     if (
@@ -103,6 +106,25 @@ async def observe(
     moved = await deps.store.transition(record.id, to, expect=UPSTREAM_LIVE, last_live_ts=now, **fields)
     # Not moved: it ended (or vanished) meanwhile, which is an end as far as the caller is concerned.
     return moved.record if moved.ok else None
+
+
+async def download_link(deps: Deps, record: GenerationRecord) -> dict[str, Any]:
+    """A completing web generation's watermark-free link, fetched once, where its plan gives one
+    (`download_url`); nothing if the account has none or the upstream will not say."""
+    if not deps.settings.fetch_download_url or not record.account or not record.upstream_id:
+        return {}
+    try:
+        account = await deps.registry.get(record.account)
+    except UnknownAccount:
+        return {}
+    if account.official:
+        return {}  # its video asset carries no watermark
+    try:
+        url = await deps.provider(account).download_url(record.upstream_id)
+    except LumaError as error:
+        log.info("download_url_unavailable", generation_id=record.id, error=str(error))
+        return {}
+    return {"download_url": url} if url else {}
 
 
 async def finish_failed(

@@ -17,7 +17,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import keys
 from shared.accounts import AccountRegistry
 from shared.events import EventLog
+from shared.files import file_store
 from shared.health import AccountHealth
+from shared.imagefetch import public_only_session
 from shared.logs import configure_logging
 from shared.queue import REFRESH_JOB, SUBMIT_JOB, UPLOAD_JOB, create_arq_pool, deserialize_job, serialize_job
 from shared.redisconn import redis_client
@@ -74,6 +76,8 @@ async def startup(ctx: dict[str, Any]) -> None:
             default_price_cents=settings.official_price(None, None, None),
         ),
         events=EventLog(redis),
+        files=file_store(settings),
+        fetch_session=public_only_session(settings.allow_private_networks),
     )
     ctx["deps"] = deps
     liveness = Liveness(redis, worker_id=new_worker_id(), heartbeat_seconds=settings.worker_heartbeat_seconds)
@@ -107,6 +111,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     except (RedisConnectionError, RedisTimeoutError, OSError):
         log.warning("shutdown_without_redis", unreleased=len(deps.unused_leases))
     await deps.session.close()
+    await deps.fetch_session.close()
     await deps.redis.aclose()
     log.info("worker_stopped")
 

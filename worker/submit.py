@@ -17,10 +17,12 @@ import structlog
 from arq import Retry
 
 from shared.accounts import UnknownAccount
+from shared.imagefetch import ImageUnreachable
 from shared.models import GenerationRecord
 from shared.redisconn import replicas_confirm
 from shared.states import TERMINAL_PHASES, FailureReason, Phase
 from worker.context import Deps, deps_of
+from worker.images import place_images
 from worker.lifecycle import back_to_queue, finish, finish_failed, phase_of
 from worker.refresh import callback_url
 from worker.upstream import Provider
@@ -90,6 +92,19 @@ async def create(deps: Deps, record: GenerationRecord, account_name: str) -> str
         await back_to_queue(deps, record, account_name, restore=True)
         return "slot taken"
     deps.unused_leases[record.id] = account_name
+    try:
+        # Before the intent and the paid create: an image that cannot be had costs nothing.
+        placed = await place_images(deps, record, account)
+    except ImageUnreachable as error:
+        deps.unused_leases.pop(record.id, None)
+        await finish_failed(deps, record, FailureReason.IMAGE_UNREACHABLE, str(error))
+        return "image unreachable"
+    except LumaError as error:
+        # The account would not take the image: another try, maybe elsewhere.
+        deps.unused_leases.pop(record.id, None)
+        await deps.upstream_failed(account_name, error)
+        await back_to_queue(deps, record, account_name, restore=True)
+        return f"image upload failed: {error.problem.value}"
 
     fence = int(await deps.store.next_fence())
     now = time.time()
@@ -101,6 +116,8 @@ async def create(deps: Deps, record: GenerationRecord, account_name: str) -> str
         intent_at=now,
         started_ts=record.started_ts or now,
         submit_attempts=record.submit_attempts + 1,
+        upstream_image=placed.get("upstream_image"),
+        upstream_image_end=placed.get("upstream_image_end"),
     )
     if not moved.ok or moved.record is None:
         deps.unused_leases.pop(record.id, None)
