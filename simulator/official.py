@@ -166,6 +166,9 @@ async def create_generation(request: web.Request) -> web.Response:
             {"Retry-After": f"{retry_after:g}"} if refused.status == 429 and retry_after is not None else None
         )
         raise ApiError(refused.status, refused.detail, headers) from None
+    if state.config.hang_after_create_seconds > 0:
+        # Already stored and charged: a client that times out here must not create it again.
+        await asyncio.sleep(state.config.hang_after_create_seconds)
     return web.json_response(generation_json(generation, state.now(), _base(request)), status=201)
 
 

@@ -18,6 +18,7 @@ import structlog
 from shared import keys
 from shared.accounts import Account, AccountState, UnknownAccount
 from shared.models import FailureReason, GenerationRecord
+from shared.settings import Settings
 from worker.context import Deps
 from worker.lifecycle import finish_failed, observe
 from worker.loops import run_loop
@@ -72,7 +73,19 @@ async def poll_account(deps: Deps, name: str) -> float:
         live = await _read_upstream(deps, account, live, now)
     live = [record for record in live if not await _silent_too_long(deps, record, now)]
     await deps.scheduler.renew(name, [record.id for record in live])
-    return _next_poll_in(deps, live, now, await deps.store.generation_seconds())
+    next_in = _next_poll_in(deps, live, now, await deps.store.generation_seconds())
+    return polling_interval(deps.settings, account, next_in, now)
+
+
+def polling_interval(settings: Settings, account: Account | None, due_in: float, now: float) -> float:
+    """While Luma's callbacks about the account arrive, they say when to read, so polling (the
+    fallback) waits CALLBACK_POLL_INTERVAL_SECONDS; once they stop, polling is as usual again."""
+    if account is None or account.last_callback_at is None:
+        return due_in
+    quiet = settings.callback_poll_interval_seconds
+    if now - account.last_callback_at > 2 * quiet:
+        return due_in
+    return max(due_in, quiet)
 
 
 async def _read_upstream(
