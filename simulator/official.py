@@ -241,7 +241,7 @@ async def _deliver(
         state.callback_log.append(
             {
                 "generation_id": generation.id,
-                "state": reported,
+                "state": _STATES[reported],
                 "attempt": attempt,
                 "status": status,
                 "at": state.now(),

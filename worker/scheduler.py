@@ -243,9 +243,14 @@ local reserved = 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   reserved = reserved + (tonumber(redis.call('HGET', KEYS[3], id) or '') or 1)
 end
+redis.call('HSET', KEYS[1], 'available', tonumber(ARGV[2]) - reserved, 'capacity', ARGV[3], 'usage', ARGV[5])
 local consumed = tonumber(ARGV[4])
-redis.call('HSET', KEYS[1], 'available', tonumber(ARGV[2]) - reserved, 'capacity', ARGV[3],
-  'consumed', consumed and (consumed + reserved) or '', 'usage', ARGV[5])
+if consumed then
+  redis.call('HSET', KEYS[1], 'consumed', consumed + reserved)
+else
+  -- No count upstream (an official balance): the claims' own counter stays a number.
+  redis.call('HDEL', KEYS[1], 'consumed')
+end
 return 1
 """
 
