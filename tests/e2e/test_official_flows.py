@@ -3,7 +3,9 @@ with real worker processes against the simulator's web and official APIs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from simulator.official import PREFIX
 from simulator.testing import RunningSimulator
 from tests.e2e.helpers import creates_per_prompt, records, wait_all_terminal
 from tests.fixtures.simulator import simulator_with, wait_until
-from tests.fixtures.stack import WorkerProcess, api_settings, headers
+from tests.fixtures.stack import TEST_KEYS, WorkerProcess, api_settings, headers
 
 KEY = "luma-official-key-flows-0001"
 WEB = [AccountSpec(name="sim-1", token="sim-token-1")]
@@ -33,6 +35,7 @@ PNG = bytes.fromhex(
     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
 )
 Gateway = TestClient[Any, Any]
+RELAY_CLIENT = Path(__file__).resolve().parents[2] / "scripts" / "luma_relay_client.py"
 
 
 def pool(simulator: RunningSimulator, *, web: bool = True, official: bool = True) -> str:
@@ -337,3 +340,19 @@ async def test_an_official_create_in_flight_when_its_worker_dies_is_adopted(
     assert record.state == "completed"
     assert creates_per_prompt(simulator) == {"official in flight": 1}
     assert len(await records(redis, [gen_id])) == 1
+
+
+@simulator_with(accounts=WEB, pending_seconds=0.05, processing_seconds=0.3)
+async def test_a_client_of_the_go_relay_runs_create_poll_completed_against_the_luma_routes(
+    gateway: Gateway, simulator: RunningSimulator, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """scripts/luma_relay_client.py, written from that relay's README, passes against /luma/*."""
+    worker_for(start_worker, gateway, tmp_path, pool(simulator, official=False))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(RELAY_CLIENT), base_of(gateway), TEST_KEYS[0], "a relay's fox",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=150)
+    assert process.returncode == 0, output.decode()
+    assert output.decode().splitlines()[-1] == "ok"
+    assert creates_per_prompt(simulator) == {"a relay's fox": 1}
