@@ -14,9 +14,9 @@ from shared.states import FailureReason
 from simulator.config import AccountSpec, OfficialAccountSpec
 from simulator.official import PREFIX
 from simulator.testing import RunningSimulator
-from tests.e2e.helpers import creates_per_prompt, wait_all_terminal
-from tests.fixtures.simulator import simulator_with
-from tests.fixtures.stack import WorkerProcess, headers
+from tests.e2e.helpers import creates_per_prompt, records, wait_all_terminal
+from tests.fixtures.simulator import simulator_with, wait_until
+from tests.fixtures.stack import ADMIN_KEY, WorkerProcess, headers
 
 OFFICIAL_KEY = "luma-official-key-test-0001"
 WEB = [AccountSpec(name="sim-1", token="sim-token-1")]
@@ -122,3 +122,49 @@ async def test_an_official_balance_pays_for_what_it_can_and_the_rest_fails_witho
     assert official["creates"] == 2 and official["credits_cents"] == 20
     assert official["rejected_no_credits"] == 0
     assert {record.account for record in done if record.prompt.startswith("cheap")} == {"sim-1"}
+
+
+@simulator_with(
+    accounts=WEB,
+    official_accounts=[OfficialAccountSpec(name="api-1", key=OFFICIAL_KEY, credits_cents=5000)],
+    pending_seconds=0.05,
+    processing_seconds=1.0,
+)
+async def test_work_fails_over_to_the_other_kind_before_its_create_and_never_after(
+    api_client: TestClient[Any, Any],
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+) -> None:
+    """The web account expires mid-run: what it already made is followed there to the end, what
+    had not reached it yet runs on the official account; nothing is created twice."""
+    start_worker(mixed_pool(simulator, web_limit=2, official={"max_concurrency": 1}))
+    ids = await batch(api_client, [{"prompt": f"failover {n}"} for n in range(8)])
+
+    async def web_running() -> bool:
+        return len(simulator.state.generation_reports("sim-1")) >= 2
+
+    await wait_until(web_running, within=20)
+    simulator.state.expire_account("sim-1")
+    on_web_before = {report["prompt"] for report in simulator.state.generation_reports("sim-1")}
+
+    async def the_rest_finished() -> bool:
+        found = await records(redis, ids)
+        return all(record.terminal or record.prompt in on_web_before for record in found)
+
+    await wait_until(the_rest_finished, within=60, interval=0.2)
+    # An operator renews the web session; what it made is read again and followed to the end.
+    simulator.state.set_token("sim-1", "sim-token-1-renewed")
+    renewed = await api_client.patch(
+        "/api/admin/accounts/sim-1", json={"cookie": "sim-token-1-renewed"}, headers=headers(ADMIN_KEY)
+    )
+    assert renewed.status == 200, await renewed.text()
+
+    done = await wait_all_terminal(redis, ids, within=60)
+    assert [record.state for record in done] == ["completed"] * 8
+    assert all(count == 1 for count in creates_per_prompt(simulator).values())
+    assert len(creates_per_prompt(simulator)) == 8
+    by_prompt = {record.prompt: record for record in done}
+    assert {by_prompt[prompt].account for prompt in on_web_before} == {"sim-1"}
+    rest = [record for record in done if record.prompt not in on_web_before]
+    assert rest and {record.account for record in rest} == {"api-1"}
