@@ -135,7 +135,8 @@ for _, owner in ipairs(owners) do
       redis.call('HSET', key(COST, choice), head, units)
       redis.call('ZADD', key(WINDOW, choice), now, head)
       redis.call('PEXPIRE', key(WINDOW, choice), window_ms)
-      redis.call('HINCRBY', key(ACCOUNT, choice), 'available', -units)
+      -- `0 - units`, not `-units`: Lua writes a negated 0 as "-0", which HINCRBY refuses.
+      redis.call('HINCRBY', key(ACCOUNT, choice), 'available', 0 - units)
       redis.call('HINCRBY', key(ACCOUNT, choice), 'consumed', units)
       redis.call('HINCRBY', key(ACCOUNT, choice), 'usage_seq', 1)
       return {head, choice, seq}
@@ -174,7 +175,7 @@ local function give_back_slot()
   redis.call('HDEL', COST, ARGV[1])
   if was_submitting == 1 and ARGV[2] == '1' then
     redis.call('HINCRBY', KEYS[4], 'available', units)
-    redis.call('HINCRBY', KEYS[4], 'consumed', -units)
+    redis.call('HINCRBY', KEYS[4], 'consumed', 0 - units)
     redis.call('HINCRBY', KEYS[4], 'usage_seq', 1)
     redis.call('ZREM', WINDOW, ARGV[1])
   end
