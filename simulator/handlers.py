@@ -22,6 +22,11 @@ def base_url(request: web.Request) -> str:
 
 
 async def create_generation(request: web.Request) -> web.Response:
+    return await _create(request, extend_of=None)
+
+
+async def _create(request: web.Request, extend_of: str | None) -> web.Response:
+    """A create (or an extend of `extend_of`): the 201 array with the new generation first."""
     state, account = request.app[STATE_KEY], request[ACCOUNT_KEY]
     body = parse_body(CreateGenerationBody, await request.read())
     try:
@@ -33,6 +38,7 @@ async def create_generation(request: web.Request) -> web.Response:
             loop=body.loop,
             image_url=body.image_url,
             image_end_url=body.image_end_url,
+            extend_of=extend_of,
         )
     except CapacitySpent:
         raise ApiError(403, {"reason": "Maximum usage limit exceeded"}) from None
@@ -77,23 +83,10 @@ async def extend_generation(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     if not state.config.web_extend:
         raise ApiError(405, "Method Not Allowed", {"Allow": "GET"})
-    account = request[ACCOUNT_KEY]
-    source = state.generation_for(account, request.match_info["generation_id"])
+    source = state.generation_for(request[ACCOUNT_KEY], request.match_info["generation_id"])
     if source is None or not source.video_ready_at(state.now()):
         raise ApiError(404, GENERATION_NOT_FOUND)
-    body = parse_body(CreateGenerationBody, await request.read())
-    try:
-        generation = state.create_generation(
-            account,
-            prompt=body.user_prompt,
-            aspect_ratio=body.aspect_ratio,
-            expand_prompt=body.expand_prompt,
-            loop=body.loop,
-            extend_of=source.id,
-        )
-    except CapacitySpent:
-        raise ApiError(403, {"reason": "Maximum usage limit exceeded"}) from None
-    return web.json_response([generation_json(generation, state.now(), base_url(request))], status=201)
+    return await _create(request, extend_of=source.id)
 
 
 async def usage(request: web.Request) -> web.Response:

@@ -220,33 +220,20 @@ class SimulatorState:
                 if source is None or source.account != account.name or not source.video_ready_at(t):
                     raise OfficialRefused(400, "The referenced generation was not found or is not completed")
                 extend_of = source.id
-        cfg = self.config
-        outcome: Outcome = "failed" if self.outcome_rng.random() < cfg.failure_rate else "completed"
-        failure_reason = "failure_rate" if outcome == "failed" else None
-        if image_failure:
-            outcome, failure_reason = "failed", image_failure
-        processing_at = t + cfg.pending_seconds
-        finished_at = processing_at + cfg.processing_seconds
         images = {
             name: str(frame.get("url"))
             for name, frame in (keyframes or {}).items()
             if isinstance(frame, dict) and frame.get("type") == "image"
         }
-        generation = Generation(
-            id=str(uuid.uuid4()),
-            account=account.name,
-            prompt=prompt,
+        generation = self._new_generation(
+            account.name,
+            prompt,
+            image_failure=image_failure,
             aspect_ratio=aspect_ratio,
             expand_prompt=False,
             loop=loop,
             image_url=images.get("frame0"),
             image_end_url=images.get("frame1"),
-            created_at=t,
-            processing_at=processing_at,
-            finished_at=finished_at,
-            video_url_at=finished_at + cfg.missing_url_seconds,
-            outcome=outcome,
-            failure_reason=failure_reason,
             kind="official",
             model=model,
             resolution=resolution,
@@ -395,34 +382,20 @@ class SimulatorState:
         if account.available <= 0:
             account.rejected_create_after_spent += 1
             raise CapacitySpent(account.name)
-        t = self.now()
-        cfg = self.config
-        # Drawn first and always, so the n-th generation's fate depends on the seed only.
-        outcome: Outcome = "failed" if self.outcome_rng.random() < cfg.failure_rate else "completed"
-        failure_reason = "failure_rate" if outcome == "failed" else None
         missing = self._missing_images(account, image_url, image_end_url)
-        if missing:
-            # Luma fetches the image itself; an upload whose bytes never arrived cannot render.
-            outcome, failure_reason = "failed", "image not found: " + ", ".join(missing)
-        processing_at = t + cfg.pending_seconds
-        finished_at = processing_at + cfg.processing_seconds
-        generation = Generation(
-            id=str(uuid.uuid4()),
-            account=account.name,
-            prompt=prompt,
+        # Luma fetches the image itself; an upload whose bytes never arrived cannot render.
+        generation = self._new_generation(
+            account.name,
+            prompt,
+            image_failure="image not found: " + ", ".join(missing) if missing else None,
             aspect_ratio=aspect_ratio,
             expand_prompt=expand_prompt,
             loop=loop,
             image_url=image_url,
             image_end_url=image_end_url,
-            created_at=t,
-            processing_at=processing_at,
-            finished_at=finished_at,
-            video_url_at=finished_at + cfg.missing_url_seconds,
-            outcome=outcome,
-            failure_reason=failure_reason,
             extend_of=extend_of,
         )
+        t = generation.created_at
         self.generations[generation.id] = generation
         account.generations.append(generation)
         account.consumed += 1
@@ -432,6 +405,32 @@ class SimulatorState:
         account.open_generations.append(generation)
         account.max_in_flight = max(account.max_in_flight, in_flight)
         return generation
+
+    def _new_generation(
+        self, account: str, prompt: str, *, image_failure: str | None, **fields: Any
+    ) -> Generation:
+        """A generation made now, its fate drawn from the outcome RNG and its timeline from the config."""
+        t = self.now()
+        cfg = self.config
+        # Drawn first and always, so the n-th generation's fate depends on the seed only.
+        outcome: Outcome = "failed" if self.outcome_rng.random() < cfg.failure_rate else "completed"
+        failure_reason = "failure_rate" if outcome == "failed" else None
+        if image_failure:
+            outcome, failure_reason = "failed", image_failure
+        processing_at = t + cfg.pending_seconds
+        finished_at = processing_at + cfg.processing_seconds
+        return Generation(
+            id=str(uuid.uuid4()),
+            account=account,
+            prompt=prompt,
+            created_at=t,
+            processing_at=processing_at,
+            finished_at=finished_at,
+            video_url_at=finished_at + cfg.missing_url_seconds,
+            outcome=outcome,
+            failure_reason=failure_reason,
+            **fields,
+        )
 
     def _missing_images(self, account: Account, *urls: str | None) -> list[str]:
         missing = []
