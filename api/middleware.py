@@ -36,6 +36,14 @@ PREFLIGHT_HEADERS = {
 log = structlog.get_logger("api")
 
 
+# The one path that carries a credential: a Luma callback's token (api/upstream_callbacks.py).
+_CALLBACK_PATH = "/api/upstream/callback/"
+
+
+def _loggable(path: str) -> str:
+    return _CALLBACK_PATH + "***" if path.startswith(_CALLBACK_PATH) else path
+
+
 def _request_id(offered: str | None) -> str:
     if offered is not None and _REQUEST_ID_PATTERN.fullmatch(offered):
         return offered
@@ -67,7 +75,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             log.info(
                 "request",
                 method=request.method,
-                path=request.path,
+                path=_loggable(request.path),
                 status=status,
                 ms=round((time.perf_counter() - started) * 1000, 1),
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as redis_asyncio
+from structlog.testing import capture_logs
 
 from shared import keys
 from shared.accounts import AccountRegistry
@@ -104,8 +105,10 @@ async def test_a_callback_with_an_unknown_token_is_404_and_a_known_one_enqueues_
     unknown = await api.post("/api/upstream/callback/" + "x" * 32, json={"state": "completed"})
     assert unknown.status == 404 and (await unknown.json())["code"] == "not_found"
     await redis.set(keys.upstream_callback("t" * 32), "gen-1")
-    known = await api.post("/api/upstream/callback/" + "t" * 32, json={"state": "completed"})
+    with capture_logs() as logged:
+        known = await api.post("/api/upstream/callback/" + "t" * 32, json={"state": "completed"})
     assert known.status == 200
+    assert logged and "t" * 32 not in repr(logged), "the token is a credential: never logged"
     assert await redis.zscore(keys.ARQ_QUEUE, keys.refresh_job_id("gen-1")) is not None
 
 
