@@ -4,6 +4,7 @@ with real worker processes against the simulator's web and official APIs."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -59,7 +60,8 @@ def pool(simulator: RunningSimulator, *, web: bool = True, official: bool = True
 @pytest_asyncio.fixture
 async def gateway(redis_url: str, tmp_path: Path) -> AsyncIterator[Gateway]:
     """The api, serving the files the workers keep (the same FILES_DIR)."""
-    settings = api_settings(redis_url, files_dir=str(tmp_path / "files"))
+    # allow_private_networks: the /luma upload of a URL fetches from the test's own image host.
+    settings = api_settings(redis_url, files_dir=str(tmp_path / "files"), allow_private_networks=True)
     client: Gateway = TestClient(TestServer(create_app(settings)))
     await client.start_server()
     try:
@@ -356,3 +358,35 @@ async def test_a_client_of_the_go_relay_runs_create_poll_completed_against_the_l
     assert process.returncode == 0, output.decode()
     assert output.decode().splitlines()[-1] == "ok"
     assert creates_per_prompt(simulator) == {"a relay's fox": 1}
+
+
+@simulator_with(accounts=WEB, pending_seconds=0.02, processing_seconds=0.1)
+async def test_the_luma_upload_takes_a_data_uri_or_a_url_and_its_public_url_makes_a_generation(
+    gateway: Gateway,
+    simulator: RunningSimulator,
+    start_worker: Callable[..., WorkerProcess],
+    redis: Redis,
+    tmp_path: Path,
+    image_host: str,
+) -> None:
+    """file_upload with a data URI and with an http URL: each lands on the account, and a /luma
+    create naming its public_url runs there without fetching anything again."""
+    worker_for(start_worker, gateway, tmp_path, pool(simulator, official=False))
+    bearer = {"Authorization": f"Bearer {TEST_KEYS[0]}"}
+    encoded = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    urls = []
+    for source in (encoded, f"{image_host}/cat.png"):
+        response = await gateway.post("/luma/generations/file_upload", json={"url": source}, headers=bearer)
+        assert response.status == 200, await response.text()
+        slot = await response.json()
+        assert set(slot) == {"id", "presigned_url", "public_url"}
+        urls.append(slot["public_url"])
+    assert [upload.report()["size"] for upload in simulator.state.uploads.values()] == [len(PNG)] * 2
+    created = await gateway.post(
+        "/luma/generations", json={"user_prompt": "uploaded cat", "image_url": urls[1]}, headers=bearer
+    )
+    assert created.status == 201, await created.text()
+    [record] = await wait_all_terminal(redis, [(await created.json())["id"]], within=30)
+    assert record.state == "completed" and record.upstream_image is None
+    [report] = simulator.state.generation_reports()
+    assert report["image_url"] == urls[1]
