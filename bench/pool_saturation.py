@@ -118,9 +118,9 @@ def refill(
         if record.finished_ts and report["finished_at"]:
             poll_lag.append(record.finished_ts - report["finished_at"])
             lag_by_account[report["account"]].append(poll_lag[-1])
-        if record.started_ts and record.intent:
-            claim_to_job.append(record.intent.at - record.started_ts)
-            job_to_create.append(report["created_at"] - record.intent.at)
+        if record.started_ts and record.intent_at:
+            claim_to_job.append(record.intent_at - record.started_ts)
+            job_to_create.append(report["created_at"] - record.intent_at)
     return {
         "slot_idle_gap_seconds": stats(gaps),
         "poll_lag_seconds (upstream end -> our record completed)": stats(poll_lag),

@@ -119,6 +119,9 @@ async def download_link(deps: Deps, record: GenerationRecord) -> dict[str, Any]:
         return {}
     if account.official:
         return {}  # its video asset carries no watermark
+    # The upstream is done with it: its slot can take the next generation while we ask. (Only the
+    # lease: it stays among the running until it ends, so a crash now leaves it to the next poll.)
+    await deps.scheduler.drop_lease(record.id, account.name)
     try:
         url = await deps.provider(account).download_url(record.upstream_id)
     except LumaError as error:
