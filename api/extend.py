@@ -72,7 +72,7 @@ async def start_extend(
 @requires(Access.HOLDER)
 async def extend_generation(request: web.Request, caller: Caller) -> web.Response:
     """POST /api/generations/{id}/extend: continue a completed generation (optional `prompt`)."""
-    extension = await body_as(request, ExtendRequest) if await request.read() else ExtendRequest()
+    extension = await body_as(request, ExtendRequest) if request.body_exists else ExtendRequest()
     done = await start_extend(request, caller, request.match_info["id"], extension)
     return json_response({"message": "Success", "data": done.views}, headers=done.headers)
 

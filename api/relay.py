@@ -10,6 +10,7 @@ an upload, `{url}` for the download link, and errors as `{"detail": {"reason", "
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -25,6 +26,7 @@ from api.appkeys import ARQ, REGISTRY, SETTINGS, STORE
 from api.auth import KEYRING, Access, Caller
 from api.errors import ApiError, InvalidRequest, NotAnImage, NotFound, TooLarge, invalid_fields
 from api.extend import ExtendRequest, start_extend
+from api.images import DECODER, inspect_image
 from api.parse import json_object
 from api.respond import json_response
 from shared.imagefetch import ImageUnreachable, fetch_image, image_type, public_only_session
@@ -33,7 +35,6 @@ from shared.store import views
 
 PREFIX = "/luma"
 DATA_URI = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
-EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
 
 
 class RelayCreate(BaseModel):
@@ -151,12 +152,17 @@ async def file_upload(request: web.Request, caller: Caller) -> web.Response:
     """POST /luma/generations/file_upload `{"url": http URL or data URI}`: put the image on an account."""
     body: RelayUpload = await _body(request, RelayUpload)
     settings = request.app[SETTINGS]
-    data, content_type = await _image_from(
-        body.url, settings.upload_max_bytes, settings.allow_private_networks
+    data, _ = await _image_from(body.url, settings.upload_max_bytes, settings.allow_private_networks)
+    # Decoded whole, as a multipart upload is (api/images.py), before it is taken.
+    kind = await asyncio.get_running_loop().run_in_executor(
+        request.app[DECODER], inspect_image, data, settings.upload_max_pixels
     )
-    image = uploads.Image(data=data, content_type=content_type, filename=f"file.{EXTENSIONS[content_type]}")
+    image = uploads.Image(data=data, content_type=kind.content_type, filename=f"file.{kind.extension}")
     result = await uploads.hand_to_worker(
-        request.app[ARQ], image, wait_seconds=settings.upload_timeout_seconds
+        request.app[ARQ],
+        image,
+        wait_seconds=settings.upload_timeout_seconds,
+        max_inflight_bytes=settings.upload_max_inflight_bytes,
     )
     return json_response(
         {"id": result.id, "presigned_url": result.presigned_url, "public_url": result.public_url}

@@ -79,6 +79,8 @@ def _origin(value: str) -> str:
     if parts.query or parts.fragment or parts.username:
         raise ValueError(f"CORS_ORIGINS: {value!r} is not an origin like https://app.example.com")
     return f"{parts.scheme}://{parts.netloc}"
+
+
 LUMA_OFFICIAL_API = "https://api.lumalabs.ai/dream-machine/v1"
 
 AccountKind = Literal["web", "official"]

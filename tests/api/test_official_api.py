@@ -12,12 +12,9 @@ from shared.accounts import AccountRegistry
 from shared.files import DirectoryStore, new_file_id
 from shared.settings import AccountConfig
 from tests.api.conftest import ADMIN_KEY, KEY_A, KEY_B, ApiClient, MakeApi, account, auth, redis_state
+from tests.images import PNG
 
 API_KEY = "luma-secret-api-key-000111222"
-PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
-)
 
 
 def official(name: str = "api", **fields: Any) -> AccountConfig:

@@ -27,14 +27,11 @@ from simulator.testing import RunningSimulator
 from tests.e2e.helpers import creates_per_prompt, records, wait_all_terminal
 from tests.fixtures.simulator import simulator_with, wait_until
 from tests.fixtures.stack import TEST_KEYS, WorkerProcess, api_settings, headers
+from tests.images import PNG
 
 KEY = "luma-official-key-flows-0001"
 WEB = [AccountSpec(name="sim-1", token="sim-token-1")]
 OFFICIAL = [OfficialAccountSpec(name="api-1", key=KEY, credits_cents=5000)]
-PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
-)
 Gateway = TestClient[Any, Any]
 RELAY_CLIENT = Path(__file__).resolve().parents[2] / "scripts" / "luma_relay_client.py"
 
