@@ -6,8 +6,9 @@ Starts a private redis-server, the simulator (pending 0 s, processing 2 s) and t
 and worker processes; submits every prompt at once over HTTP and waits until all are completed.
 Reports slot utilization while work was waiting, makespan against ceil(N/slots) x 2 s, upstream
 requests per generation (by endpoint), the peak in-flight per account and creates per prompt, then
-one JSON line with everything. Targets (issue): utilization >= 0.95, makespan within 10 % of the
-ideal, <= 3 upstream requests per generation.
+one JSON line with everything. Targets: utilization >= 0.95 (issue 2; issue 8 asks that it stay
+>= 0.96), makespan within 10 % of the ideal, <= 3 upstream requests per generation, and <= 2 to
+create and follow one (all but the watermark-free link a completed generation is asked for).
 """
 
 from __future__ import annotations
@@ -200,6 +201,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ideal = math.ceil(args.prompts / total_slots) * args.processing_seconds
     luma_total = sum(n for name, n in requests.items() if "non-2xx" not in name)
     per_generation = luma_total / max(1, len(completed))
+    # What it takes to start and follow a generation to its end, without the one request per
+    # completed generation that asks for its watermark-free link (issue 12).
+    following = luma_total - requests.get("download_url", 0)
+    following_per_generation = following / max(1, len(completed))
     usage = utilization(reports, total_slots, now)
     window = (usage["window_start"], usage["window_start"] + usage["window_seconds"])
     result: dict[str, Any] = {
@@ -221,6 +226,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "upstream_requests": dict(requests),
         "upstream_requests_total": luma_total,
         "upstream_requests_per_generation": round(per_generation, 3),
+        "following_requests_per_generation": round(following_per_generation, 3),
         "per_endpoint_per_generation": {
             name: round(n / max(1, len(completed)), 3)
             for name, n in requests.items()
@@ -238,6 +244,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "utilization >= 0.95": usage["utilization"] >= 0.95,
         "makespan <= 1.10 x ideal": all_terminal and makespan <= 1.10 * ideal,
         "upstream requests per generation <= 3": per_generation <= 3,
+        "requests to create and follow a generation <= 2": following_per_generation <= 2,
         "max in flight <= slots": all(peak <= args.slots for peak in peaks.values()),
         "all completed, one create per prompt": len(completed) == args.prompts and creates_ok,
     }
@@ -257,6 +264,8 @@ def summary(result: dict[str, Any]) -> str:
         f"(ratio {result['makespan_ratio']:.3f})",
         f"  upstream requests per generation {result['upstream_requests_per_generation']:.2f}: "
         f"{result['per_endpoint_per_generation']}",
+        f"  of which to create and follow it (all but download_url) "
+        f"{result['following_requests_per_generation']:.2f}",
         f"  max in flight per account {result['max_in_flight']}",
     ]
     lines += [f"  {name}: {value}" for name, value in diag.items() if name != "per_account"]

@@ -23,6 +23,7 @@ from worker.context import Deps
 from worker.lifecycle import finish_failed, observe
 from worker.loops import run_loop
 from worker.upstream.errors import GenerationNotFound, LumaError
+from worker.upstream.models import UpstreamGeneration
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +100,7 @@ async def _read_upstream(
         limit = min(deps.settings.poll_list_limit, max(10, len(live) + 5))
         listed = {item.id: item for item in await provider.list_recent(offset=0, limit=limit)}
         single_reads = 0
+        readings: list[tuple[GenerationRecord, UpstreamGeneration]] = []
         for record in live:
             assert record.upstream_id is not None
             item = listed.get(record.upstream_id)
@@ -118,10 +120,12 @@ async def _read_upstream(
             handled.add(record.id)
             if item is None:
                 still_live.append(record)
-                continue
-            observed = await observe(deps, record, item, now)
-            if observed is not None:
-                still_live.append(observed)
+            else:
+                readings.append((record, item))
+        # Together: a generation that completes asks for its watermark-free link, one request each,
+        # and five runs ending at once should not wait in line for each other's answers.
+        observed = await asyncio.gather(*(observe(deps, record, item, now) for record, item in readings))
+        still_live += [record for record in observed if record is not None]
         await deps.health.on_upstream_ok(account.name)
     except LumaError as error:
         log.warning("poll_failed", account=account.name, error=str(error))

@@ -449,6 +449,10 @@ def endpoint(request: RequestRecord) -> str | None:
         return "usage"
     if path.startswith("/api/users/v1/me"):
         return "me"
+    if path.endswith("/download_video_url"):
+        # Asked once per completed generation for its watermark-free file (issue 12): a request
+        # that buys a better video, not one that follows a generation's progress.
+        return "download_url"
     if path.startswith("/api/photon/v1/generations/") and request.method == "GET":
         return "get"
     return "other"
