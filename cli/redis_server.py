@@ -49,13 +49,13 @@ def executable() -> str:
 def command(port: int, directory: Path, *, persistent: bool = True, extra: Sequence[str] = ()) -> list[str]:
     """The argv of a redis-server on 127.0.0.1:`port` keeping its files in `directory`.
 
-    `persistent` is the production setting (README): an append-only file synced every second, so
-    an acknowledged write survives a crash. Always: no RDB snapshots, and noeviction, so a full
-    Redis refuses writes instead of dropping queued work. The log goes to stdout.
+    `persistent` is the production setting (README): an append-only file synced before each
+    answer (`appendfsync always`), so an acknowledged write, a create's intent above all, survives
+    a crash (docs/RELIABILITY.md says why not `everysec`). Always: no RDB snapshots, and
+    noeviction, so a full Redis refuses writes instead of dropping queued work. The log goes to
+    stdout.
     """
-    durability = (
-        ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
-    )
+    durability = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
     return [
         executable(),
         "--port", str(port),

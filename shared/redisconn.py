@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
@@ -178,3 +179,28 @@ async def replicas_confirm(redis: Redis, settings: Settings) -> tuple[int, int]:
         pipe.wait(wanted, timeout_ms)
         _, acked = await pipe.execute()
     return int(acked), wanted
+
+
+async def durability_gap(redis: Redis, settings: Settings) -> str | None:
+    """Why an acknowledged write could be lost if this Redis crashed, or None if it cannot be.
+
+    A create's intent is written, acknowledged, and only then paid for: if a crash loses it, the
+    generation is created a second time. With `appendfsync always` Redis syncs the file before it
+    answers; with `everysec` it answers first, and on a busy disk it postpones even the write for
+    up to 2 s. A replica that must confirm each intent (REDIS_MIN_REPLICAS_ACKED) covers the same
+    gap another way. Managed Redis often refuses CONFIG: then we cannot tell, and say nothing.
+    """
+    if settings.redis_min_replicas_acked:
+        return None
+    try:
+        config = await redis.config_get("append*")
+    except RedisError:
+        return None
+    if config.get("appendonly") != "yes":
+        return "appendonly is off: a Redis restart loses every queued generation"
+    if config.get("appendfsync") != "always":
+        return (
+            f"appendfsync is {config.get('appendfsync')!r}: a Redis crash can lose the last seconds of "
+            "acknowledged writes, and with them the record that a create was already paid for"
+        )
+    return None

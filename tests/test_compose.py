@@ -43,7 +43,7 @@ def test_redis_keeps_an_append_only_file_and_never_evicts(services: dict[str, An
     assert str(redis["image"]).startswith("redis:7")
     command = _command(redis)
     assert command[command.index("--appendonly") + 1] == "yes"
-    assert command[command.index("--appendfsync") + 1] == "everysec"
+    assert command[command.index("--appendfsync") + 1] == "always"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
     assert "redis-cli" in redis["healthcheck"]["test"]

@@ -22,7 +22,7 @@ from shared.health import AccountHealth
 from shared.imagefetch import public_only_session
 from shared.logs import configure_logging
 from shared.queue import REFRESH_JOB, SUBMIT_JOB, UPLOAD_JOB, create_arq_pool, deserialize_job, serialize_job
-from shared.redisconn import redis_client
+from shared.redisconn import durability_gap, redis_client
 from shared.settings import Settings
 from shared.store import generation_store
 from worker.context import Deps, deps_of
@@ -94,6 +94,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         asyncio.create_task(run_webhook_sender(deps, stopping), name="webhook_sender"),
     ]
     log.info("worker_started", accounts=await registry.names())
+    if gap := await durability_gap(redis, settings):
+        log.warning("redis_not_durable", problem=gap, fix="appendonly yes, appendfsync always")
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -5,8 +5,9 @@
         accepted = await submit_all(stack.api_url, [(key, prompt), ...], concurrency=50)
         records = await wait_terminal(stack.redis, accepted.ids, deadline)
 
-The stack is a `redis-server` from PATH on a free port (AOF everysec, nothing else saved), the
-simulator and the api in this process's event loop, and `python -m cli.main worker` subprocesses.
+The stack is a `redis-server` from PATH on a free port (AOF `appendfsync always`, as shipped;
+nothing else saved), the simulator and the api in this process's event loop, and
+`python -m cli.main worker` subprocesses.
 With `api_processes=N` the api is instead a `python -m cli.main api` subprocess (N serving
 processes where `luma-queue api --processes` exists), so its CPU can be read from /proc apart from
 the simulator's. Everything it started is killed when the block ends, also on Ctrl-C, SIGTERM or

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cli.redis_server import RedisServer
-from shared.redisconn import redacted_url, redis_client
+from shared.redisconn import durability_gap, redacted_url, redis_client
 from shared.settings import Settings
 
 
@@ -133,3 +133,23 @@ def test_a_replica_wait_the_socket_timeout_would_cut_is_refused() -> None:
     with pytest.raises(ValidationError, match="REDIS_REPLICA_ACK_TIMEOUT_SECONDS"):
         Settings(_env_file=None, redis_min_replicas_acked=1, redis_replica_ack_timeout_seconds=2)
     assert Settings(_env_file=None, redis_min_replicas_acked=0, redis_replica_ack_timeout_seconds=2)
+
+
+async def test_durability_gap_names_a_redis_that_answers_before_its_writes_are_on_disk(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """The shipped setting (always) has no gap; everysec and no AOF are named; a replica closes it."""
+    settings = settings_for(fresh_redis_server.url)
+    client = redis_client(settings)
+    try:
+        assert await durability_gap(client, settings) is None
+        await client.config_set("appendfsync", "everysec")
+        gap = await durability_gap(client, settings)
+        assert gap is not None and "'everysec'" in gap and "paid for" in gap
+        with_a_replica = settings.model_copy(update={"redis_min_replicas_acked": 1})
+        assert await durability_gap(client, with_a_replica) is None
+        await client.config_set("appendonly", "no")
+        gap = await durability_gap(client, settings)
+        assert gap is not None and "appendonly is off" in gap
+    finally:
+        await client.aclose()
