@@ -8,14 +8,13 @@ from email.utils import format_datetime
 import pytest
 
 from shared.cookies import merge_set_cookie, normalize_cookie
+from worker.upstream.errors import AccountExpired, UsageExhausted
 from worker.upstream.web import (
-    AccountExpired,
     GenerationNotFound,
     RateLimited,
     RetryPolicy,
     UpstreamRejected,
     UpstreamUnavailable,
-    UsageExhausted,
     _error_class,
     error_message,
     parse_retry_after,

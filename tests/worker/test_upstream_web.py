@@ -12,8 +12,8 @@ from structlog.testing import capture_logs
 
 from simulator.testing import RunningSimulator
 from tests.fixtures.simulator import wait_until
+from worker.upstream.errors import AccountExpired, UsageExhausted
 from worker.upstream.web import (
-    AccountExpired,
     GenerationNotFound,
     LumaClient,
     LumaError,
@@ -23,7 +23,6 @@ from worker.upstream.web import (
     RetryPolicy,
     UpstreamRejected,
     UpstreamUnavailable,
-    UsageExhausted,
 )
 
 CREATE = "/api/photon/v1/generations/"

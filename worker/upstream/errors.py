@@ -93,6 +93,25 @@ class GenerationNotFound(UpstreamRejected):
     """404 on a generation id: the account does not have it."""
 
 
+def error_class_for(
+    status: int, *, spent: bool, not_found: type[UpstreamRejected] = UpstreamRejected
+) -> type[LumaError]:
+    """What an upstream's error status means for us. `spent`: the provider read the answer as
+    "this account has no capacity left" (each API words that its own way)."""
+    if status == 401:
+        return AccountExpired
+    if status == 402 or spent:
+        return UsageExhausted
+    if status == 429:
+        return RateLimited
+    if status == 404:
+        return not_found
+    if 400 <= status < 500:
+        return UpstreamRejected
+    # 5xx, and anything else unexpected (an unfollowed 3xx): transient as far as we can tell.
+    return UpstreamUnavailable
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if unusable."""
     if value is None:

@@ -24,7 +24,6 @@ from yarl import URL
 from shared.models import GenerationRecord
 from shared.pricing import DEFAULT_DURATION, DEFAULT_MODEL, DEFAULT_RESOLUTION, FIXED_OUTPUT_MODELS
 from worker.upstream.errors import (
-    AccountExpired,
     GenerationNotFound,
     LumaError,
     MalformedResponse,
@@ -32,7 +31,7 @@ from worker.upstream.errors import (
     RequestNotSent,
     UpstreamRejected,
     UpstreamUnavailable,
-    UsageExhausted,
+    error_class_for,
     parse_retry_after,
 )
 from worker.upstream.models import UploadSlot, UpstreamGeneration, UpstreamState, UpstreamUsage
@@ -68,17 +67,8 @@ class OfficialDefaults:
 
 def _error_class(status: int, message: str, *, not_found: type[UpstreamRejected]) -> type[LumaError]:
     text = message.lower()
-    if status == 401:
-        return AccountExpired
-    if status == 402 or (status in (400, 403) and ("credit" in text or "insufficient" in text)):
-        return UsageExhausted
-    if status == 429:
-        return RateLimited
-    if status == 404:
-        return not_found
-    if 400 <= status < 500:
-        return UpstreamRejected
-    return UpstreamUnavailable
+    spent = status in (400, 403) and ("credit" in text or "insufficient" in text)
+    return error_class_for(status, spent=spent, not_found=not_found)
 
 
 class OfficialClient:

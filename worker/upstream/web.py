@@ -24,7 +24,6 @@ from yarl import URL
 from shared.cookies import merge_set_cookie, normalize_cookie, parse_cookie
 from shared.models import GenerationRecord
 from worker.upstream.errors import (
-    AccountExpired,
     GenerationNotFound,
     LumaError,
     MalformedResponse,
@@ -32,7 +31,7 @@ from worker.upstream.errors import (
     RequestNotSent,
     UpstreamRejected,
     UpstreamUnavailable,
-    UsageExhausted,
+    error_class_for,
     parse_retry_after,
 )
 from worker.upstream.models import UploadSlot, UpstreamGeneration, UpstreamState, UpstreamUsage
@@ -103,24 +102,15 @@ def _error_detail(text: str) -> object:
 
 def _error_class(status: int, message: str, *, not_found: type[UpstreamRejected]) -> type[LumaError]:
     text = message.lower()
-    if status == 401:
-        return AccountExpired
-    if status == 402 or "maximum usage limit" in text:
-        return UsageExhausted
-    if status == 429:
-        return RateLimited
-    if status in (400, 403) and ("limit" in text or "exceeded" in text):
-        return UsageExhausted
-    if status == 404:
-        return not_found
-    if 400 <= status < 500:
-        return UpstreamRejected
-    # 5xx, and anything else unexpected (an unfollowed 3xx): transient as far as we can tell.
-    return UpstreamUnavailable
+    # "maximum usage limit" is how the web API words a spent account, on any status; a 400/403
+    # that speaks of a limit being exceeded is one too.
+    limit_exceeded = status in (400, 403) and ("limit" in text or "exceeded" in text)
+    spent = "maximum usage limit" in text or limit_exceeded
+    return error_class_for(status, spent=spent, not_found=not_found)
 
 
 def _storage_error_class(status: int) -> type[LumaError]:
-    # A storage URL knows nothing of accounts: its 401/403 mean a bad or stale signature.
+    # A storage URL knows nothing of accounts: its 401/402/403 mean a bad or stale signature.
     if status == 429:
         return RateLimited
     if 400 <= status < 500:
