@@ -11,7 +11,7 @@ import re
 from aiohttp import web
 
 from api import events, pool, submissions, uploads
-from api.appkeys import ARQ, EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
+from api.appkeys import EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
 from api.auth import KEYRING, Access, Caller, requires
 from api.errors import (
     AccountExistsError,
@@ -175,12 +175,7 @@ async def upload_image(request: web.Request, caller: Caller) -> web.Response:
     """POST /api/generations/upload: answers once a worker has put the image on an account."""
     settings = request.app[SETTINGS]
     image = await uploads.read_image(request, settings.upload_max_bytes)
-    result = await uploads.hand_to_worker(
-        request.app[ARQ],
-        image,
-        wait_seconds=settings.upload_timeout_seconds,
-        max_inflight_bytes=settings.upload_max_inflight_bytes,
-    )
+    result = await uploads.hand_to_worker(request.app, image)
     return json_response(
         {"data": {"id": result.id, "presigned_url": result.presigned_url, "public_url": result.public_url}}
     )

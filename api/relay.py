@@ -22,7 +22,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api import pool, submissions, uploads
-from api.appkeys import ARQ, REGISTRY, SETTINGS, STORE
+from api.appkeys import REGISTRY, SETTINGS, STORE
 from api.auth import KEYRING, Access, Caller
 from api.errors import ApiError, InvalidRequest, NotAnImage, NotFound, TooLarge, invalid_fields
 from api.extend import ExtendRequest, start_extend
@@ -158,12 +158,7 @@ async def file_upload(request: web.Request, caller: Caller) -> web.Response:
         request.app[DECODER], inspect_image, data, settings.upload_max_pixels
     )
     image = uploads.Image(data=data, content_type=kind.content_type, filename=f"file.{kind.extension}")
-    result = await uploads.hand_to_worker(
-        request.app[ARQ],
-        image,
-        wait_seconds=settings.upload_timeout_seconds,
-        max_inflight_bytes=settings.upload_max_inflight_bytes,
-    )
+    result = await uploads.hand_to_worker(request.app, image)
     return json_response(
         {"id": result.id, "presigned_url": result.presigned_url, "public_url": result.public_url}
     )

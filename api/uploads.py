@@ -30,7 +30,7 @@ from arq.constants import job_key_prefix
 from arq.jobs import ResultNotFound, SerializationError
 from pydantic import ValidationError
 
-from api.appkeys import SETTINGS
+from api.appkeys import ARQ, SETTINGS
 from api.errors import (
     ApiError,
     InternalError,
@@ -159,11 +159,11 @@ async def _read_bounded(part: BodyPartReader, max_bytes: int) -> bytes:
     return bytes(data)
 
 
-async def hand_to_worker(
-    arq: ArqRedis, image: Image, *, wait_seconds: float, max_inflight_bytes: int
-) -> UploadResult:
-    """Park the bytes (if they fit under `max_inflight_bytes`), enqueue the upload job and wait
-    for its answer (an error raises)."""
+async def hand_to_worker(app: web.Application, image: Image) -> UploadResult:
+    """Park the bytes (if they fit under UPLOAD_MAX_INFLIGHT_BYTES), enqueue the upload job and
+    wait for its answer, at most UPLOAD_TIMEOUT_SECONDS (an error raises)."""
+    arq, settings = app[ARQ], app[SETTINGS]
+    wait_seconds, max_inflight_bytes = settings.upload_timeout_seconds, settings.upload_max_inflight_bytes
     upload_id = new_id()
     job_id = keys.upload_job_id(upload_id)
     answered = False
