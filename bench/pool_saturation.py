@@ -56,6 +56,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--poll-interval", type=float, default=3.0, help="POLL_INTERVAL_SECONDS")
     parser.add_argument("--submit-concurrency", type=int, default=50, help="HTTP creates in flight")
     parser.add_argument("--deadline", type=float, default=600.0, help="seconds to wait for completion")
+    parser.add_argument(
+        "--redis-fsync", choices=["always", "everysec"], default="always", help="Redis appendfsync"
+    )
     parser.add_argument("--dump", type=Path, help="write upstream reports, records and request log here")
     return parser.parse_args()
 
@@ -159,6 +162,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             worker_settings,
             workers=args.workers,
             secret_keys=keys,
+            redis_fsync=args.redis_fsync,
         ) as stack:
             await stack.wait_ready()
             print(f"stack ready; submitting {args.prompts} prompts as {args.holders} key holder(s)")

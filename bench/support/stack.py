@@ -297,8 +297,11 @@ async def open_stack(
     secret_keys: list[str],
     api_processes: int | None = None,
     api_settings: dict[str, object] | None = None,
+    redis_fsync: str = "always",
 ) -> AsyncIterator[Stack]:
     """The stack in `directory` (which must exist): logs, the AOF and worker output stay there.
+
+    `redis_fsync`: Redis's `appendfsync`, the shipped `always` unless a run compares it.
 
     `api_processes`: None serves the api in this process (log level WARNING); a number starts it
     as a subprocess on its production defaults plus `api_settings` (environment variable names).
@@ -310,7 +313,7 @@ async def open_stack(
     # A worker SIGKILLed mid-request is expected here; the simulator's server need not trace it.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     try:
-        redis_server = RedisServer.started(directory, own_session=True)
+        redis_server = RedisServer.started(directory, own_session=True, extra=["--appendfsync", redis_fsync])
     except RedisServerError as exc:
         raise SystemExit(str(exc)) from None
     atexit.register(redis_server.kill)
