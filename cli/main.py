@@ -7,6 +7,7 @@ starting one process does not load the others' code.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,15 @@ To try everything on one machine without a Luma account: luma-queue dev
 """
 
 
+# What a setting pydantic-settings reads as JSON must look like, for its "is not JSON" line.
+JSON_SETTINGS = {
+    "luma_accounts": 'a JSON list of accounts, e.g. [{"name": "main", "cookie": "access_token=..."}]',
+    "official_prices": 'a JSON object of prices in cents, e.g. {"ray-2:720p:5s": 65}',
+}
+
+
 def load_settings() -> Settings:
-    """Settings from the environment; a bad value is reported in one readable line, not a traceback."""
+    """Settings from the environment; each bad one is reported in one readable line, no traceback."""
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
@@ -37,24 +45,33 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except (ValidationError, SettingsError) as exc:
-        raise SystemExit(
-            f"luma-queue: invalid configuration: {_described(exc)}\n"
-            "Settings come from the environment and ./.env; each variable is the setting's name in upper "
-            'case, e.g. LUMA_ACCOUNTS=\'[{"name": "main", "cookie": "access_token=..."}]\'.'
-        ) from None
+        raise SystemExit("\n".join(f"luma-queue: {problem}" for problem in setting_problems(exc))) from None
 
 
-def _described(exc: Exception) -> str:
-    """The error without the values it refused: those can be cookies or keys."""
+def setting_problems(exc: Exception) -> list[str]:
+    """One line per bad setting, naming its variable and what was expected, never its value
+    (values can be cookies or keys)."""
     from pydantic import ValidationError
 
     if not isinstance(exc, ValidationError):
-        return str(exc)
-    problems = [
-        f"{'.'.join(str(part) for part in error['loc']) or exc.title}: {error['msg']}"
-        for error in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]
-    return f"{exc.title}: " + "; ".join(problems)
+        # pydantic-settings could not decode a JSON-valued variable; its message names the field.
+        match = re.search(r'field "(\w+)"', str(exc))
+        if match is None:
+            return [f"invalid configuration: {exc}"]
+        name = match.group(1)
+        expected = JSON_SETTINGS.get(name, "JSON")
+        return [f"{name.upper()} is not valid JSON; expected {expected} (from the environment or ./.env)"]
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        location = error["loc"]
+        message = error["msg"].removeprefix("Value error, ")
+        if not location:  # a rule over several settings: its message names them
+            problems.append(f"invalid configuration: {message}")
+            continue
+        variable = str(location[0]).upper()
+        inside = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location[1:])
+        problems.append(f"{variable}{inside}: {message} (from the environment or ./.env)")
+    return problems
 
 
 def cmd_api(args: argparse.Namespace) -> int:

@@ -82,15 +82,6 @@ def test_no_subcommand_is_a_usage_error(tmp_path: Path) -> None:
     assert "usage: luma-queue" in result.stderr
 
 
-def test_malformed_settings_are_reported_without_a_traceback(tmp_path: Path) -> None:
-    """LUMA_ACCOUNTS that is not JSON stops the api with one readable message."""
-    result = luma_queue("api", cwd=tmp_path, LUMA_ACCOUNTS="not json")
-    assert result.returncode != 0
-    assert "invalid configuration" in result.stderr
-    assert "luma_accounts" in result.stderr.lower()
-    assert "Traceback" not in result.stderr
-
-
 def test_dev_refuses_a_taken_redis_port(tmp_path: Path) -> None:
     """`luma-queue dev` names the busy port and the flag to change it, and starts nothing."""
     with socket.socket() as holder:
