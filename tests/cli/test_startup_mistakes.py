@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dotenv import dotenv_values
 
 from cli.ports import free_port
 from cli.redis_server import RedisServer
@@ -70,7 +71,9 @@ def refused_in_a_few_lines(result: subprocess.CompletedProcess[str]) -> str:
     ],
     ids=["redis-url-without-scheme", "accounts-not-json", "port-not-a-number", "account-without-cookie"],
 )
-def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path, settings: dict[str, str], says: list[str]) -> None:
+def test_a_bad_setting_is_one_line_naming_it(
+    tmp_path: Path, settings: dict[str, str], says: list[str]
+) -> None:
     """Each bad setting is refused when settings load, in one line naming it and what was expected."""
     stderr = refused_in_a_few_lines(api(tmp_path, **settings))
     assert len(stderr.strip().splitlines()) == 1, stderr
@@ -113,7 +116,12 @@ def test_an_open_api_on_a_network_address_is_refused(tmp_path: Path) -> None:
 def test_compose_without_an_env_file_refuses_to_run_open(tmp_path: Path) -> None:
     """The api's environment in compose.yaml, as Compose resolves it with no .env, is refused."""
     services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
-    settings = {name: _compose_default(value) for name, value in services["api"]["environment"].items()}
+    settings: dict[str, str] = {}
+    for entry in services["api"]["env_file"]:
+        if entry["path"] != ".env":  # the optional one: this is compose without it
+            values = dotenv_values(ROOT / entry["path"])
+            settings.update({name: value for name, value in values.items() if value is not None})
+    settings.update({name: _compose_default(value) for name, value in services["api"]["environment"].items()})
     settings["API_PORT"] = str(free_port())  # the container's port, on this machine
     stderr = refused_in_a_few_lines(api(tmp_path, **settings))
     assert "ALLOW_OPEN_API" in stderr
@@ -143,11 +151,13 @@ def test_an_api_without_redis_answers_503_until_redis_is_there(tmp_path: Path) -
             stderr=stderr,
         )
     try:
-        status, headers, body = _poll(port, "/api/generations", until=lambda status: status == 503, process=process)
+        _, headers, body = _poll(
+            port, "/api/generations", until=lambda status: status == 503, process=process
+        )
         assert body["code"] == "redis_unavailable"
         assert int(headers["Retry-After"]) >= 1
         redis.start()
-        status, _, body = _poll(port, "/api/generations", until=lambda status: status == 200, process=process)
+        _, _, body = _poll(port, "/api/generations", until=lambda status: status == 200, process=process)
         assert body == {"data": []}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
