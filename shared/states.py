@@ -92,3 +92,5 @@ class FailureReason(StrEnum):
     CANCELLED = "cancelled"  #: its owner took it back before it reached the upstream
     START_DEADLINE_EXCEEDED = "start_deadline_exceeded"  #: not submitted by its start_deadline
     IMAGE_UNREACHABLE = "image_unreachable"  #: its external image could not be fetched: nothing was spent
+    #: the upstream could not find its image (an upload that expired or never arrived)
+    UPSTREAM_IMAGE_MISSING = "upstream_image_missing"
