@@ -25,8 +25,10 @@ $(BIN)/python:
 	  rm -rf $(VENV); \
 	  echo; echo "Could not create $(VENV). On Debian/Ubuntu: sudo apt-get install python3-venv"; exit 1; }
 
+# pip is quiet, so say why nothing else shows for a while.
 $(INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "installing into $(VENV) (first run only, or after pyproject.toml changes; takes a minute)..."
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
 # The tests and `make dev` run a real redis-server from PATH. As root with apt-get (CI, containers)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 
 import structlog
@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/admin/accounts", handlers.list_accounts)
     app.router.add_post("/api/admin/accounts", handlers.add_account)
     app.router.add_patch("/api/admin/accounts/{name}", handlers.update_account)
+    app.router.add_delete("/api/admin/accounts/{name}", handlers.remove_account)
     app.router.add_get("/api/admin/events", handlers.recent_events)
     app.router.add_get("/api/admin/holders", handlers.list_holders)
     app.router.add_patch("/api/admin/holders/{owner}", handlers.update_holder)
@@ -110,15 +111,37 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+def loopback(host: str) -> bool:
+    """Whether API_HOST only takes connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def refuse_if_open_on_a_network(settings: Settings) -> None:
+    """An api without SECRET_KEY spends the pool's credits for anyone who reaches it: on anything
+    but loopback that must be said out loud (ALLOW_OPEN_API=true), never a default."""
+    if settings.secret_key or settings.allow_open_api or loopback(settings.api_host):
+        return
+    raise SystemExit(
+        f"luma-queue: refusing to serve without SECRET_KEY on {settings.api_host} (reachable from other "
+        "machines, spending your accounts' credits for anyone); set SECRET_KEY, or ALLOW_OPEN_API=true "
+        "if that is really meant"
+    )
+
+
 def warn_if_open(settings: Settings) -> None:
-    """Say loudly, in the log and on stderr, that an api without SECRET_KEY serves anyone."""
+    """Say once, in the log (stderr), that an api without SECRET_KEY serves anyone."""
     if settings.secret_key:
         return
-    message = (
-        "SECRET_KEY is empty: the api is open to anyone who can reach it; set SECRET_KEY to require a key"
+    log.warning(
+        "SECRET_KEY is empty: the api is open to anyone who can reach it; set SECRET_KEY to require a key",
+        host=settings.api_host,
+        port=settings.api_port,
     )
-    log.warning(message, host=settings.api_host, port=settings.api_port)
-    print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 def run(settings: Settings) -> int:
@@ -126,11 +149,19 @@ def run(settings: Settings) -> int:
 
     Requests in flight then get SHUTDOWN_GRACE_SECONDS to finish.
     """
+    refuse_if_open_on_a_network(settings)
+    try:
+        server.check_can_listen(settings.api_host, settings.api_port)
+    except server.CannotListen as exc:
+        raise SystemExit(f"luma-queue: {exc}") from None
     configure_logging(settings.log_level, settings.log_json)
     warn_if_open(settings)
     if settings.api_processes > 1:
         return processes.run_processes(settings)
-    serve_here(settings)
+    try:
+        serve_here(settings)
+    except server.CannotListen as exc:  # taken between the check and the bind
+        raise SystemExit(f"luma-queue: {exc}") from None
     return 0
 
 

@@ -23,6 +23,9 @@ log = structlog.get_logger("api")
 
 # Requests that change nothing, so a Redis timeout during one leaves nothing half done.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What a caller is told to wait while Redis is away: the api tries again on every request, so a
+# short wait lets it see Redis back within a second or two of its return.
+REDIS_RETRY_AFTER_SECONDS = 2
 
 
 class ApiError(Exception):
@@ -104,6 +107,12 @@ class AccountExistsError(ApiError):
     status = 409
     code = "account_exists"
     default_message = "an account by that name already exists"
+
+
+class AccountBusyError(ApiError):
+    status = 409
+    code = "account_busy"
+    default_message = "the account has generations in flight"
 
 
 class NothingToRedeliver(ApiError):
@@ -389,7 +398,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if _redis_unavailable(exc):
             log.warning("redis unavailable", error=f"{type(exc).__name__}: {exc}")
             unsure = isinstance(exc, redis.exceptions.TimeoutError) and request.method not in SAFE_METHODS
-            return render(RedisUnavailable(RedisUnavailable.outcome_unknown if unsure else None))
+            return render(
+                RedisUnavailable(
+                    RedisUnavailable.outcome_unknown if unsure else None,
+                    headers={"Retry-After": str(REDIS_RETRY_AFTER_SECONDS)},
+                )
+            )
         log.exception("unhandled error", method=request.method, path=request.path)
         return render(InternalError("internal error; the X-Request-ID header identifies it in our logs"))
 

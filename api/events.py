@@ -114,11 +114,20 @@ class EventHub:
                 if events:
                     for owner, frame in await render(self.store, events):
                         self._deliver(owner, frame)
+                if failures:
+                    log.info("redis is back", after_failures=failures)
                 failures = 0
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 failures += 1
-                log.warning("event_hub_redis_unavailable", error=str(error))
-                await asyncio.sleep(min(5.0, 0.1 * 2**failures))
+                backoff = min(5.0, 0.1 * 2**failures)
+                # One line per step of the backoff: the api keeps serving (503 where Redis is
+                # needed) and says when it looks again.
+                log.warning(
+                    "redis unavailable; the api answers 503 redis_unavailable until it is back",
+                    error=str(error),
+                    retry_in_seconds=backoff,
+                )
+                await asyncio.sleep(backoff)
 
     def _deliver(self, owner: str, frame: Frame) -> None:
         for queue in list(self._streams.get(owner, ())):

@@ -14,6 +14,7 @@ from api import events, pool, submissions, uploads
 from api.appkeys import EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
 from api.auth import KEYRING, Access, Caller, requires
 from api.errors import (
+    AccountBusyError,
     AccountExistsError,
     AlreadyFinished,
     AlreadySubmitted,
@@ -37,7 +38,7 @@ from shared.models import (
 )
 from shared.settings import AccountConfig
 from shared.states import NOT_SUBMITTED, FailureReason
-from shared.store import views
+from shared.store import AccountBusy, NoSuchAccount, views
 
 EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
@@ -220,6 +221,33 @@ async def update_account(request: web.Request, caller: Caller) -> web.Response:
     except ValueError as wrong_kind:
         raise InvalidRequest(f"invalid request: {wrong_kind}") from None
     return json_response({"data": await _account_view(request, name)})
+
+
+@requires(Access.ADMIN)
+async def remove_account(request: web.Request, caller: Caller) -> web.Response:
+    """DELETE /api/admin/accounts/{name}[?force=true]: take an account out of the pool.
+
+    Refused (409 account_busy) while it has generations in flight, unless `force`, which sends
+    them back to the front of their owners' queues to run on another account.
+    """
+    name = request.match_info["name"]
+    force = request.query.get("force", "false").lower()
+    if force not in ("true", "false", "1", "0"):
+        raise InvalidQuery(f"force must be true or false, got {force[:20]!r}")
+    try:
+        rerouted = await request.app[STORE].remove_account(name, force=force in ("true", "1"))
+    except NoSuchAccount:
+        raise UnknownAccountError(f"no account named {name[:64]!r}") from None
+    except AccountBusy as busy:
+        raise AccountBusyError(
+            f"account {name!r} has {busy.in_flight} generation(s) in flight; wait for them to end, "
+            "or DELETE with ?force=true to send them back to the queue to run on another account",
+            in_flight=busy.in_flight,
+        ) from None
+    configured = any(account.name == name for account in request.app[SETTINGS].accounts())
+    return json_response(
+        {"data": {"name": name, "removed": True, "rerouted": rerouted, "configured": configured}}
+    )
 
 
 @requires(Access.ADMIN)

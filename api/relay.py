@@ -111,8 +111,9 @@ async def create(request: web.Request, caller: Caller) -> web.Response:
             prompt=body.user_prompt,
             aspect_ratio=body.aspect_ratio,
             expand_prompt=body.expand_prompt,
-            image=body.image_url,
-            image_end=body.image_end_url,
+            # The relay's clients send "" for no image.
+            image=body.image_url or None,
+            image_end=body.image_end_url or None,
         )
     except ValidationError as exc:
         raise invalid_fields(exc) from None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import resource
 import signal
@@ -362,11 +363,27 @@ class GuardedSite(web.BaseSite):
         sock.listen(LISTEN_BACKLOG)
 
 
+class CannotListen(Exception):
+    """The api's address cannot be listened on; the message names it and the settings to change."""
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Fail with CannotListen now, before anything starts, if API_HOST:API_PORT cannot be bound.
+
+    A server elsewhere could still take the port before the api binds it; the bind then fails the
+    same way, later.
+    """
+    _bound_socket(host, port, reuse_port=False).close()
+
+
 def _bound_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     """A TCP socket bound to the first address `host` resolves to (as the api listens on one)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CannotListen(f"API_HOST {host!r} is not an address of this machine ({exc.strerror})") from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -374,6 +391,17 @@ def _bound_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            why = "it is already in use (another api, or `luma-queue dev`, may be running)"
+        elif exc.errno == errno.EACCES:
+            why = "this user may not listen on it (ports below 1024 need privileges)"
+        else:
+            why = exc.strerror or str(exc)
+        raise CannotListen(
+            f"cannot listen on {host}:{port}: {why}; set API_PORT (or API_HOST) to another"
+        ) from None
     except BaseException:
         sock.close()
         raise

@@ -12,6 +12,7 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 from cli import redis_server
 from cli.ports import port_taken
@@ -33,9 +34,14 @@ from shared.redisconn import redacted_url
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-# Dev-friendly simulator timings: a generation completes in about ten seconds.
-SIM_PENDING_SECONDS = 2.0
-SIM_PROCESSING_SECONDS = 8.0
+# The admin API is on under `make dev` (the README's admin examples use it) with this key,
+# unless ADMIN_KEY says otherwise. It guards nothing but this machine's dev stack.
+DEV_ADMIN_KEY = "dev-admin-key"
+# redis-server's start-up lines that say nothing a developer can act on, each start: its banner
+# and the overcommit warning (a sysctl of the host, harmless for a dev stack). They stay in the log.
+REDIS_NOISE = re.compile(
+    r"oO0OoO0OoO0Oo|Redis version=|Configuration loaded|Server initialized|Memory overcommit"
+)
 
 REDIS_READY_SECONDS = 15.0
 SIMULATOR_READY_SECONDS = 30.0
@@ -58,6 +64,7 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    hide: re.Pattern[str] | None = None  # lines kept in the log but not shown
     pump: threading.Thread = field(init=False)
 
 
@@ -98,11 +105,15 @@ class Stack:
             for raw in iter(stream.readline, b""):
                 log.write(raw)
                 log.flush()
-                self._emit(child.name, raw.decode(errors="replace").rstrip("\r\n"))
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if child.hide is None or not child.hide.search(line):
+                    self._emit(child.name, line)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], *, hide: re.Pattern[str] | None = None
+    ) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         process = subprocess.Popen(
             argv,
@@ -113,7 +124,7 @@ class Stack:
             start_new_session=True,
             preexec_fn=_die_with_parent(),
         )
-        child = Child(name, process, self.log_dir / f"{name}.log")
+        child = Child(name, process, self.log_dir / f"{name}.log", hide)
         assert process.stdout is not None
         child.pump = threading.Thread(target=self._pump, args=(child, process.stdout), daemon=True)
         child.pump.start()
@@ -293,6 +304,8 @@ class Running:
     redis_url: str
     redis_dir: Path | None
     upstream: str
+    admin_key: str
+    accounts: list[tuple[str, str]]  # (name, base_url) of every account in the registry
 
 
 def _start_redis(stack: Stack, port: int, run_dir: Path) -> tuple[str, Path]:
@@ -308,7 +321,7 @@ def _start_redis(stack: Stack, port: int, run_dir: Path) -> tuple[str, Path]:
         argv = redis_server.command(port, data_dir, extra=["--loglevel", "warning"])
     except redis_server.RedisServerError as exc:
         raise DevError(f"{exc}. Install it, or set REDIS_URL to a Redis you already run.") from None
-    stack.start("redis", argv, dict(os.environ))
+    stack.start("redis", argv, dict(os.environ), hide=REDIS_NOISE)
     return f"redis://127.0.0.1:{port}/0", data_dir
 
 
@@ -327,6 +340,8 @@ def start_stack(stack: Stack, settings: Settings, args: argparse.Namespace, run_
     env["PYTHONUNBUFFERED"] = "1"
     if stack.colour and "log_json" not in settings.model_fields_set:
         env["LOG_JSON"] = "false"  # pretty logs on a terminal, even though children write to a pipe
+    admin_key = settings.admin_key or DEV_ADMIN_KEY
+    env["ADMIN_KEY"] = admin_key
     if "webhook_allow_private_networks" not in settings.model_fields_set:
         # Webhooks to a receiver on this machine (README, "Webhooks"); never on outside development.
         env["WEBHOOK_ALLOW_PRIVATE_NETWORKS"] = "true"
@@ -361,22 +376,55 @@ def start_stack(stack: Stack, settings: Settings, args: argparse.Namespace, run_
                 "simulator",
                 "--host", "127.0.0.1",
                 "--port", str(args.simulator_port),
-                "--pending-seconds", str(SIM_PENDING_SECONDS),
-                "--processing-seconds", str(SIM_PROCESSING_SECONDS),
+                "--pending-seconds", str(args.sim_pending_seconds),
+                "--processing-seconds", str(args.sim_processing_seconds),
+                # Its media outlive a restart, as Redis's records of them do.
+                "--media-dir", str(run_dir / "simulator"),
             ),
             env,
         )  # fmt: skip
         stack.wait_until(
             f"the simulator at {simulator_url}", _http_answers(simulator_url), SIMULATOR_READY_SECONDS
         )
-        names = ", ".join(account["name"] for account in simulator_accounts)
-        upstream = f"the simulator at {simulator_url} (accounts {names}; no Luma account used)"
+        upstream = f"the simulator at {simulator_url}"
 
     api_url = f"http://{_reachable_host(api_host)}:{settings.api_port}"
     stack.start("api", _cli("api"), env)
     stack.start("worker", _cli("worker"), env)
     stack.wait_until(f"the api at {api_url}", _http_answers(api_url + "/healthz"), API_READY_SECONDS)
-    return Running(api_url=api_url, redis_url=redis_url, redis_dir=redis_dir, upstream=upstream)
+    # The worker writes the configured accounts into the registry as it starts; the banner lists
+    # the registry's, so an account added through the admin API shows as well.
+    registry: list[tuple[str, str]] = []
+
+    def accounts_registered() -> str | None:
+        registry[:] = _registered_accounts(redis_url)
+        return None if registry else "the worker has not registered its accounts yet"
+
+    stack.wait_until("the worker", accounts_registered, API_READY_SECONDS)
+    return Running(
+        api_url=api_url,
+        redis_url=redis_url,
+        redis_dir=redis_dir,
+        upstream=upstream,
+        admin_key=admin_key,
+        accounts=registry,
+    )
+
+
+def _registered_accounts(url: str) -> list[tuple[str, str]]:
+    """(name, base_url) of each account in the registry, by name."""
+    import redis
+
+    from shared import keys
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, decode_responses=True)
+    try:
+        names = sorted(cast("set[str]", client.smembers(keys.ACCOUNTS)))
+        return [(name, str(client.hget(keys.account(name), "base_url") or "")) for name in names]
+    except redis.RedisError:
+        return []
+    finally:
+        client.close()
 
 
 def banner(running: Running, settings: Settings, log_dir: Path) -> str:
@@ -389,7 +437,9 @@ def banner(running: Running, settings: Settings, log_dir: Path) -> str:
         key_line = key + more
         header = f" -H 'Secret-Key: {key}'"
     redis_note = f"private, data in {_relative(running.redis_dir)}" if running.redis_dir else "from REDIS_URL"
+    admin_note = "from ADMIN_KEY" if settings.admin_key else "the dev default; set ADMIN_KEY to change it"
     url = running.api_url
+    admin = f" -H 'Secret-Key: {running.admin_key}'"
     rule = "=" * 78
     return "\n".join(
         [
@@ -399,20 +449,35 @@ def banner(running: Running, settings: Settings, log_dir: Path) -> str:
             f"  dashboard   {url}/   (open it in a browser)",
             f"  api         {url}",
             f"  Secret-Key  {key_line}",
+            f"  admin key   {running.admin_key}   ({admin_note})",
             f"  redis       {redacted_url(running.redis_url)}  ({redis_note})",
             f"  upstream    {running.upstream}",
+            *_account_lines(running.accounts, running.upstream),
             f"  logs        {_relative(log_dir)}/",
             "",
-            "Try it:",
-            f"  curl -s -X POST {url}/api/generations/create{header} -H 'Content-Type: application/json' \\",
+            "Try it (README.md has more):",
+            f"  curl -sS -X POST {url}/api/generations/create{header} -H 'Content-Type: application/json' \\",
             '       -d \'{"prompt": "a red fox running through snow"}\'',
-            f"  curl -s {url}/api/generations/GENERATION_ID{header}",
-            f"  curl -s '{url}/api/generations?offset=0&limit=10'{header}",
-            f"  curl -s {url}/api/generations/usage{header}",
-            f"  curl -s -X POST {url}/api/generations/upload{header} -F file=@cat.jpg",
+            f"  curl -sS {url}/api/generations/GENERATION_ID{header}",
+            f"  curl -sS '{url}/api/generations?offset=0&limit=10'{header}",
+            f"  curl -sS {url}/api/generations/usage{header}",
+            f"  curl -sS -X POST {url}/api/generations/upload{header} -F file=@examples/fox.png",
+            f"  curl -sS {url}/api/admin/accounts{admin}",
             rule,
         ]
     )
+
+
+def _account_lines(accounts: list[tuple[str, str]], upstream: str) -> list[str]:
+    """One line per account in the registry, saying which are real Luma accounts."""
+    lines = []
+    for index, (name, base_url) in enumerate(accounts):
+        simulated = base_url.startswith(("http://127.0.0.1", "http://localhost"))
+        what = "simulator" if simulated else "a real Luma account: generations are paid"
+        lines.append(f"  {'accounts' if index == 0 else '':<10}  {name} ({base_url}; {what})")
+    if accounts and all(line.endswith("simulator)") for line in lines):
+        lines[-1] += "   no Luma account used"
+    return lines
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,6 +7,7 @@ starting one process does not load the others' code.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,15 @@ To try everything on one machine without a Luma account: luma-queue dev
 """
 
 
+# What a setting pydantic-settings reads as JSON must look like, for its "is not JSON" line.
+JSON_SETTINGS = {
+    "luma_accounts": 'a JSON list of accounts, e.g. [{"name": "main", "cookie": "access_token=..."}]',
+    "official_prices": 'a JSON object of prices in cents, e.g. {"ray-2:720p:5s": 65}',
+}
+
+
 def load_settings() -> Settings:
-    """Settings from the environment; a bad value is reported in one readable line, not a traceback."""
+    """Settings from the environment; each bad one is reported in one readable line, no traceback."""
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
@@ -37,24 +45,33 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except (ValidationError, SettingsError) as exc:
-        raise SystemExit(
-            f"luma-queue: invalid configuration: {_described(exc)}\n"
-            "Settings come from the environment and ./.env; each variable is the setting's name in upper "
-            'case, e.g. LUMA_ACCOUNTS=\'[{"name": "main", "cookie": "access_token=..."}]\'.'
-        ) from None
+        raise SystemExit("\n".join(f"luma-queue: {problem}" for problem in setting_problems(exc))) from None
 
 
-def _described(exc: Exception) -> str:
-    """The error without the values it refused: those can be cookies or keys."""
+def setting_problems(exc: Exception) -> list[str]:
+    """One line per bad setting, naming its variable and what was expected, never its value
+    (values can be cookies or keys)."""
     from pydantic import ValidationError
 
     if not isinstance(exc, ValidationError):
-        return str(exc)
-    problems = [
-        f"{'.'.join(str(part) for part in error['loc']) or exc.title}: {error['msg']}"
-        for error in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]
-    return f"{exc.title}: " + "; ".join(problems)
+        # pydantic-settings could not decode a JSON-valued variable; its message names the field.
+        match = re.search(r'field "(\w+)"', str(exc))
+        if match is None:
+            return [f"invalid configuration: {exc}"]
+        name = match.group(1)
+        expected = JSON_SETTINGS.get(name, "JSON")
+        return [f"{name.upper()} is not valid JSON; expected {expected} (from the environment or ./.env)"]
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        location = error["loc"]
+        message = error["msg"].removeprefix("Value error, ")
+        if not location:  # a rule over several settings: its message names them
+            problems.append(f"invalid configuration: {message}")
+            continue
+        variable = str(location[0]).upper()
+        inside = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location[1:])
+        problems.append(f"{variable}{inside}: {message} (from the environment or ./.env)")
+    return problems
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -103,6 +120,8 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     knobs: dict[str, Any] = {
         name: getattr(args, name) for name, *_ in SIMULATOR_KNOBS if getattr(args, name) is not None
     }
+    if args.media_dir is not None:
+        knobs["media_dir"] = args.media_dir
     try:
         config = SimulatorConfig.model_validate(knobs)
     except ValidationError as exc:
@@ -118,6 +137,34 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run(args, settings)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("luma-queue")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed: make install)"
+
+
+# What `api --help` and `worker --help` say about the settings that matter most.
+API_SETTINGS = """settings that matter (environment or ./.env; all of them: .env.example):
+  SECRET_KEY      callers' keys, comma separated; empty: open to anyone (refused on a
+                  non-loopback API_HOST unless ALLOW_OPEN_API=true)
+  ADMIN_KEY       the operator's key for /api/admin/*; empty: admin API off
+  REDIS_URL       redis://HOST:6379/0 (or rediss://, unix://); default redis://127.0.0.1:6379/0
+  API_HOST, API_PORT   where to listen; default 127.0.0.1:8000
+  LUMA_ACCOUNTS   the account pool (JSON list); the api reads it to list them, the worker uses them
+"""
+
+WORKER_SETTINGS = """settings that matter (environment or ./.env; all of them: .env.example):
+  LUMA_ACCOUNTS   the account pool, a JSON list, e.g.
+                  '[{"name": "main", "cookie": "access_token=eyJ...", "max_concurrency": 3}]'
+  ACCESS_TOKEN    or a single account's cookie, as in the original proxy
+  REDIS_URL       the same Redis as the api: redis://HOST:6379/0 (or rediss://, unix://)
+  SECRET_KEY, ADMIN_KEY   not read by the worker: they are the api's
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="luma-queue",
@@ -125,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
 
     api = commands.add_parser(
@@ -132,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the HTTP api (create, list, detail, usage, upload)",
         description="Serve the HTTP api on API_HOST:API_PORT. It validates and queues requests and "
         "answers reads from Redis; it never calls Luma itself. Run as many copies as you like.",
+        epilog=API_SETTINGS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     api.add_argument(
         "--processes",
@@ -147,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a worker: the only process that talks to the Luma accounts (LUMA_ACCOUNTS "
         "or ACCESS_TOKEN). It submits queued generations within each account's limits, polls them "
         "to the end and puts uploaded images on an account. Any number of workers may share one Redis.",
+        epilog=WORKER_SETTINGS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     worker.set_defaults(handler=cmd_worker)
 
@@ -159,10 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     simulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     simulator.add_argument("--port", type=int, default=8100, help="port to listen on (default: %(default)s)")
+    from simulator.config import SimulatorConfig
+
     for name, kind, metavar, text in SIMULATOR_KNOBS:
+        default = SimulatorConfig.model_fields[name].default
         simulator.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=kind, metavar=metavar, help=text
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            metavar=metavar,
+            help=f"{text} (default: {default:g})",
         )
+    simulator.add_argument(
+        "--media-dir",
+        metavar="DIR",
+        help="keep uploads and videos here so their URLs still answer after a restart "
+        "(default: in memory only; `luma-queue dev` uses .run/simulator)",
+    )
     simulator.set_defaults(handler=cmd_simulator)
 
     dev = commands.add_parser(
@@ -176,6 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--redis-port", type=int, default=6390, help="port of the private redis-server")
     dev.add_argument("--simulator-port", type=int, default=8100, help="port of the simulator")
+    dev.add_argument(
+        "--sim-pending-seconds",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long a simulated generation waits in Luma's queue",
+    )
+    dev.add_argument(
+        "--sim-processing-seconds",
+        type=float,
+        default=8.0,
+        metavar="SECONDS",
+        help="how long it then renders (the two together: how long a generation takes)",
+    )
     dev.add_argument(
         "--stop-timeout",
         type=float,

@@ -109,7 +109,16 @@ class CreateRequest(BaseModel):
     duration: Duration | None = None
     keyframes: Keyframes | None = Field(default=None, exclude=True)
 
-    @field_validator("image", "image_end", "callback_url")
+    @field_validator("image", "image_end")
+    @classmethod
+    def _image_urls(cls, value: str | None) -> str | None:
+        # An empty image is a client's mistake (a form field left blank), not "no image": taken
+        # as none, the video would silently start from nothing.
+        if value == "":
+            raise ValueError("is empty; leave the field out (or null) for a generation without an image")
+        return http_url(value)
+
+    @field_validator("callback_url")
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
         return http_url(value or None)

@@ -20,6 +20,7 @@ from shared.pricing import (
     price_cents,
 )
 
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 LUMA_WEB_API = "https://internal-api.virginia.labs.lumalabs.ai"
 # Room between a blocking Redis call's own timeout and the socket timeout: the round trip and a
 # busy event loop must not turn a blocking call's normal end into a socket timeout.
@@ -147,7 +148,10 @@ class Settings(BaseSettings):
     redis_min_replicas_acked: int = Field(default=0, ge=0)
     redis_replica_ack_timeout_seconds: float = Field(default=1.0, gt=0)
     api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    # An api without SECRET_KEY serves anyone who reaches it, and spends the pool's paid credits:
+    # on any address but loopback it refuses to start unless this says it is meant.
+    allow_open_api: bool = False
 
     # How the api serves (README, "Security"): processes on one port, and what one process allows
     # each connection before it is closed or refused.
@@ -315,6 +319,17 @@ class Settings(BaseSettings):
     def _split_prefixes(cls, value: object) -> object:
         if isinstance(value, str):
             return [prefix.strip() for prefix in value.split(",") if prefix.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_has_a_scheme(cls, value: str) -> str:
+        # redis-py only says so at the first connect, from deep in a traceback.
+        if not value.startswith(REDIS_URL_SCHEMES):
+            raise ValueError(
+                "must start with redis://, rediss:// (TLS) or unix://, "
+                "e.g. redis://127.0.0.1:6379/0 or redis://:PASSWORD@HOST:6379/0"
+            )
         return value
 
     @field_validator("public_base_url")

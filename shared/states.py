@@ -12,6 +12,8 @@ Callers see only the seed's four public states; a phase is finer, and says what 
     submitting         pending     an intent: the create may exist   the upstream id, or proof of none
     queued_upstream    pending     an upstream id, Luma's own queue  the upstream starting or ending it
     processing         processing  an upstream id, rendering         the upstream ending it
+
+(A created generation goes back to waiting only when its account is removed with force.)
     completed          completed   a video URL                       (terminal)
     failed             failed      a failure_reason                  (terminal)
 """
@@ -56,10 +58,12 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.SUBMITTING: frozenset(
         {Phase.WAITING, Phase.QUEUED_UPSTREAM, Phase.PROCESSING, Phase.COMPLETED, Phase.FAILED}
     ),
+    # waiting: its account was removed by an operator who forced it (DELETE ?force=true), so it
+    # is made again elsewhere; nothing else moves a created generation back.
     Phase.QUEUED_UPSTREAM: frozenset(
-        {Phase.QUEUED_UPSTREAM, Phase.PROCESSING, Phase.COMPLETED, Phase.FAILED}
+        {Phase.QUEUED_UPSTREAM, Phase.PROCESSING, Phase.COMPLETED, Phase.FAILED, Phase.WAITING}
     ),
-    Phase.PROCESSING: frozenset({Phase.PROCESSING, Phase.COMPLETED, Phase.FAILED}),
+    Phase.PROCESSING: frozenset({Phase.PROCESSING, Phase.COMPLETED, Phase.FAILED, Phase.WAITING}),
     Phase.COMPLETED: frozenset(),
     Phase.FAILED: frozenset(),
 }
@@ -88,3 +92,5 @@ class FailureReason(StrEnum):
     CANCELLED = "cancelled"  #: its owner took it back before it reached the upstream
     START_DEADLINE_EXCEEDED = "start_deadline_exceeded"  #: not submitted by its start_deadline
     IMAGE_UNREACHABLE = "image_unreachable"  #: its external image could not be fetched: nothing was spent
+    #: the upstream could not find its image (an upload that expired or never arrived)
+    UPSTREAM_IMAGE_MISSING = "upstream_image_missing"

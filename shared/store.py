@@ -420,6 +420,61 @@ return moved
 """
 
 
+# Take an account out of the pool (an operator's DELETE). Its generations in flight (claimed or
+# being created there: `submitting`; created there: `running`) make it busy: refused, unless
+# `force`, which moves each back to `waiting` at the front of its owner's queue through the one
+# door, clearing what tied it to the account, so that it runs again on another account. Then the
+# account's keys go, all in this one step: no worker can claim on it once this has run.
+# KEYS: accounts, account, leases, submitting, running, cost, creates window, poll lock, usage
+#       lock, heartbeat lock, wait:all, wait:owners, wait:turn
+# ARGV: name, '1' to force
+# Returns {'missing'} | {'busy', in flight} | {'removed', rerouted ids...}
+_REMOVE_ACCOUNT = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  return {'missing'}
+end
+local ids = redis.call('SMEMBERS', KEYS[4])
+for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do table.insert(ids, id) end
+if #ids > 0 and ARGV[2] ~= '1' then return {'busy', #ids} end
+local rerouted = {'removed'}
+local from = {claimed = true, submitting = true, queued_upstream = true, processing = true}
+local cleared = {account = cjson.null, fence = cjson.null, intent_at = cjson.null,
+  upstream_id = cjson.null, upstream = cjson.null, upstream_image = cjson.null,
+  upstream_image_end = cjson.null, video_url = cjson.null, dispatch_seq = cjson.null,
+  started_ts = cjson.null, submitted_ts = cjson.null, observed_ts = cjson.null,
+  last_live_ts = cjson.null, completed_without_video_ts = cjson.null}
+for _, id in ipairs(ids) do
+  local moved = lq_transition(id, 'waiting', from, nil, cleared)
+  if moved[1] == 'ok' then
+    local owner = cjson.decode(moved[3]).owner
+    local queue = lq_wait_queue_key(owner)
+    local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+    local score = 0
+    if head[2] then score = tonumber(head[2]) - 1 end
+    redis.call('ZADD', queue, score, id)
+    redis.call('ZADD', KEYS[11], score, id)
+    redis.call('ZADD', KEYS[12], 'NX', redis.call('GET', KEYS[13]) or '0', owner)
+    table.insert(rerouted, id)
+  end
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+return rerouted
+"""
+
+
+class AccountBusy(Exception):
+    """The account has generations in flight; nothing was changed."""
+
+    def __init__(self, in_flight: int) -> None:
+        super().__init__(in_flight)
+        self.in_flight = in_flight
+
+
+class NoSuchAccount(Exception):
+    """No account by that name; nothing was changed."""
+
+
 class QueueFull(Exception):
     """The wait queue is at its bound; nothing was stored. A slot frees in about `retry_after` s."""
 
@@ -574,6 +629,7 @@ class GenerationStore:
         self._places = redis.register_script(self.lua_library + _PLACES)
         self._transition = redis.register_script(self.lua_library + _TRANSITION)
         self._take_back = redis.register_script(self.lua_library + _TAKE_BACK)
+        self._remove_account = redis.register_script(self.lua_library + _REMOVE_ACCOUNT)
 
     # --- writes ---------------------------------------------------------------------------------
 
@@ -713,6 +769,39 @@ class GenerationStore:
         return await self.take_back(
             record, FailureReason.CANCELLED, "cancelled by its owner before it reached the upstream"
         )
+
+    async def remove_account(self, name: str, *, force: bool = False) -> list[str]:
+        """Take account `name` out of the pool; the ids of the generations sent back to waiting.
+
+        Raises NoSuchAccount, or AccountBusy while it has generations in flight and not `force`.
+        With `force`, those are rerouted: back to `waiting`, first in their owners' queues, to be
+        created again on another account (one already created there is abandoned upstream).
+        """
+        answer = await self._remove_account(
+            keys=[
+                keys.ACCOUNTS,
+                keys.account(name),
+                keys.leases(name),
+                keys.submitting(name),
+                keys.running(name),
+                keys.reserved_cost(name),
+                keys.create_window(name),
+                keys.poll_lock(name),
+                keys.usage_lock(name),
+                keys.heartbeat_lock(name),
+                keys.WAIT_ALL,
+                keys.WAIT_OWNERS,
+                keys.WAIT_TURN,
+            ],
+            args=[name, "1" if force else "0"],
+        )
+        outcome = str(answer[0])
+        if outcome == "missing":
+            raise NoSuchAccount(name)
+        if outcome == "busy":
+            raise AccountBusy(int(answer[1]))
+        await self.redis.lpush(keys.WAKE, "1")  # rerouted ones can start elsewhere now
+        return [str(gen_id) for gen_id in answer[1:]]
 
     async def due_start_deadlines(self, now: float, count: int = 100) -> list[str]:
         """Generations whose start deadline has passed (dropped from the schedule as they are read)."""

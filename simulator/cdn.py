@@ -52,9 +52,8 @@ async def get_public_upload(request: web.Request) -> web.Response:
 
 async def get_media(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    generation = state.generations.get(request.match_info["generation_id"])
     media = MEDIA_FILES.get(request.match_info["name"])
-    if generation is None or media is None or not generation.video_ready_at(state.now()):
+    if media is None or not state.video_ready(request.match_info["generation_id"]):
         return s3_error(404, "NoSuchKey", "The specified key does not exist.")
     body, content_type = media
     return web.Response(body=body, content_type=content_type)

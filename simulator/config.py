@@ -99,6 +99,9 @@ class SimulatorConfig(BaseModel):
     # The request log is a ring buffer so a long benchmark cannot exhaust memory.
     request_log_limit: int = Field(default=100_000, ge=1)
     upload_url_ttl_seconds: float = Field(default=24 * 3600, gt=0)
+    # Where uploads and generations' media are kept across restarts (simulator/persist.py);
+    # None: in memory only, as the tests want.
+    media_dir: str | None = None
 
     @staticmethod
     def default_accounts() -> list[AccountSpec]:

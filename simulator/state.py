@@ -16,10 +16,12 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from simulator.config import AccountSpec, OfficialAccountSpec, SimulatorConfig
 from simulator.models import Account, FaultRule, Generation, OfficialAccount, Outcome, RequestRecord, Upload
+from simulator.persist import MediaDir
 
 Clock = Callable[[], float]
 
@@ -105,6 +107,7 @@ class SimulatorState:
         self.outcome_rng = random.Random()
         self.fault_rng = random.Random()
         self.reseed(self.config.seed)
+        self.media = MediaDir(Path(self.config.media_dir)) if self.config.media_dir else None
         for spec in self.config.accounts:
             self.add_account(spec)
         for official in self.config.official_accounts:
@@ -244,6 +247,8 @@ class SimulatorState:
             extend_of=extend_of,
         )
         self.generations[generation.id] = generation
+        if self.media is not None:
+            self.media.keep_generation(generation)
         account.generations.append(generation)
         account.credits_cents -= price_cents
         account.spent_cents += price_cents
@@ -397,6 +402,8 @@ class SimulatorState:
         )
         t = generation.created_at
         self.generations[generation.id] = generation
+        if self.media is not None:
+            self.media.keep_generation(generation)
         account.generations.append(generation)
         account.consumed += 1
         account.creates += 1
@@ -438,8 +445,8 @@ class SimulatorState:
             match = PUBLIC_UPLOAD_PATH.search(url or "")
             if url is None or match is None:
                 continue  # not one of ours: an external image, assumed fetchable
-            upload = self.uploads.get(match["id"])
-            if upload is None or upload.data is None:
+            upload = self.uploaded(match["id"])
+            if upload is None:
                 missing.append(url)
             elif upload.account != account.name:
                 account.creates_with_foreign_image += 1
@@ -483,12 +490,24 @@ class SimulatorState:
         if self.now() - upload.created_at > self.config.upload_url_ttl_seconds:
             raise UploadExpired(upload_id)
         upload.data, upload.content_type, upload.uploaded_at = data, content_type, self.now()
+        if self.media is not None:
+            self.media.keep_upload(upload)
         return upload
 
     def uploaded(self, upload_id: str) -> Upload | None:
-        """The upload if its bytes have arrived; what the public URL serves."""
+        """The upload if its bytes have arrived (in this run, or a kept one's); what the public URL serves."""
         upload = self.uploads.get(upload_id)
+        if upload is None and self.media is not None:
+            upload = self.media.upload(upload_id)
         return upload if upload is not None and upload.data is not None else None
+
+    def video_ready(self, generation_id: str) -> bool:
+        """Whether a generation's media URLs serve now (a kept one's too, after a restart)."""
+        generation = self.generations.get(generation_id)
+        if generation is not None:
+            return generation.video_ready_at(self.now())
+        kept = self.media.generation(generation_id) if self.media is not None else None
+        return kept is not None and kept.video_ready_at(self.now())
 
     # -- scripted faults -------------------------------------------------------------------------
 

@@ -80,6 +80,13 @@ def generation_json(generation: Generation, t: float, base: str) -> dict[str, An
         "estimate_wait_seconds": round(generation.processing_at - t, 1) if state == "pending" else None,
         "thumbnail": thumbnail,
         "last_frame": last_frame,
+        # Luma's web API has no fixed field for why; this one says an image was missing (one
+        # that was never uploaded, or that the simulator no longer has), so clients can tell.
+        **(
+            {"failure_reason": generation.failure_reason}
+            if state == "failed" and (generation.failure_reason or "").startswith("image not found")
+            else {}
+        ),
         # Not in every observed object; present so clients prove they tolerate extra fields.
         "request": {
             "user_prompt": generation.prompt,

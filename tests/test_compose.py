@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from dotenv import dotenv_values
 
 from shared.settings import AccountConfig, Settings
 
@@ -58,16 +60,31 @@ def test_api_and_worker_wait_for_a_healthy_redis(services: dict[str, Any]) -> No
         assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0", name
 
 
-def test_api_listens_on_all_interfaces_on_port_8000(services: dict[str, Any]) -> None:
-    """The api binds 0.0.0.0 inside its container and is published on 8000."""
+def test_api_listens_on_all_interfaces_on_port_8000_published_on_loopback(services: dict[str, Any]) -> None:
+    """The api binds 0.0.0.0 inside its container; the host publishes 8000 on its loopback only."""
     api = services["api"]
     assert api["environment"]["API_HOST"] == "0.0.0.0"
-    assert "8000:8000" in api["ports"]
+    assert api["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def env_file(path: Path) -> dict[str, str]:
+    """A Compose env file as Settings (python-dotenv) and Compose both read it."""
+    return {name: value for name, value in dotenv_values(path).items() if value is not None}
+
+
+def test_keys_and_accounts_come_from_env_files_not_from_compose(services: dict[str, Any]) -> None:
+    """The api and the worker read compose.simulator.env, then an optional .env over it; no
+    credential or key is written in compose.yaml itself."""
+    for name in ("api", "worker"):
+        files = services[name]["env_file"]
+        assert files == [{"path": "compose.simulator.env"}, {"path": ".env", "required": False}], name
+        for variable in ("SECRET_KEY", "ADMIN_KEY", "LUMA_ACCOUNTS", "ACCESS_TOKEN", "ALLOW_OPEN_API"):
+            assert variable not in services[name]["environment"], (name, variable)
 
 
 def test_worker_uses_the_simulator_accounts_by_default(services: dict[str, Any]) -> None:
     """LUMA_ACCOUNTS is valid account config pointing at the simulator service."""
-    raw = json.loads(services["worker"]["environment"]["LUMA_ACCOUNTS"])
+    raw = json.loads(env_file(ROOT / "compose.simulator.env")["LUMA_ACCOUNTS"])
     accounts = [AccountConfig.model_validate(entry) for entry in raw]
     assert [account.name for account in accounts] == ["sim-1", "sim-2"]
     assert {account.base_url for account in accounts} == {"http://simulator:8100"}
@@ -80,6 +97,18 @@ def test_every_environment_variable_is_a_setting(services: dict[str, Any]) -> No
     for name in APP_SERVICES:
         for variable in services[name].get("environment", {}):
             assert variable.lower() in Settings.model_fields, f"{name}: {variable}"
+    for path in (ROOT / "compose.simulator.env", ROOT / ".env.example"):
+        for variable in env_file(path):
+            assert variable.lower() in Settings.model_fields, f"{path.name}: {variable}"
+
+
+def test_env_example_documents_every_setting() -> None:
+    """.env.example names every setting (commented out at its default), so none needs the source."""
+    text = (ROOT / ".env.example").read_text()
+    named = set(re.findall(r"^# ([A-Z0-9_]+)=", text, flags=re.MULTILINE))
+    missing = {name.upper() for name in Settings.model_fields if name != "fault_point"} - named
+    assert not missing, f"add to .env.example: {sorted(missing)}"
+    assert not env_file(ROOT / ".env.example"), "every line of .env.example is commented out"
 
 
 def test_app_services_run_the_luma_queue_image(services: dict[str, Any]) -> None:

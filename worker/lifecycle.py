@@ -7,6 +7,7 @@ the state table lets one of them win and the other finds nothing left to do.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -33,6 +34,18 @@ def phase_of(reading: UpstreamGeneration, current: Phase | None = None) -> Phase
     if reading.state == "pending" and current is not Phase.PROCESSING:
         return Phase.QUEUED_UPSTREAM
     return Phase.PROCESSING
+
+
+# How the upstream words a failure that is about the generation's image, not its rendering: the
+# simulator says "image not found: URL"; Luma's web API has no fixed field (UPSTREAM.md §1).
+IMAGE_MISSING = re.compile(r"\bimage\b.*\b(not found|missing|does not exist|no such)", re.IGNORECASE)
+
+
+def failure_reason_of(message: str) -> FailureReason:
+    """The reason a failed upstream reading gets: a missing image is said as such."""
+    if IMAGE_MISSING.search(message):
+        return FailureReason.UPSTREAM_IMAGE_MISSING
+    return FailureReason.UPSTREAM_FAILED
 
 
 async def pin_for(deps: Deps, record: GenerationRecord) -> str | None:
@@ -79,13 +92,8 @@ async def observe(
             )
             return None
     if to is Phase.FAILED:
-        await finish_failed(
-            deps,
-            record,
-            FailureReason.UPSTREAM_FAILED,
-            reading.failure_message or "the upstream reported the generation as failed",
-            **fields,
-        )
+        message = reading.failure_message or "the upstream reported the generation as failed"
+        await finish_failed(deps, record, failure_reason_of(message), message, **fields)
         return None
     if to is Phase.COMPLETED:
         fields.update(await download_link(deps, record))

@@ -23,7 +23,7 @@ from shared.redisconn import replicas_confirm
 from shared.states import TERMINAL_PHASES, FailureReason, Phase
 from worker.context import Deps, deps_of
 from worker.images import place_images
-from worker.lifecycle import back_to_queue, finish, finish_failed, phase_of
+from worker.lifecycle import back_to_queue, failure_reason_of, finish, finish_failed, phase_of
 from worker.refresh import callback_url
 from worker.upstream import Provider
 from worker.upstream.errors import (
@@ -200,10 +200,8 @@ async def record_created(
     if to in TERMINAL_PHASES:
         # Already over in its first answer (rare, but an upstream may say so): end it here.
         if to is Phase.FAILED:
-            fields.update(
-                failure_reason=FailureReason.UPSTREAM_FAILED.value,
-                failure_message=reading.failure_message or "the upstream reported the generation as failed",
-            )
+            message = reading.failure_message or "the upstream reported the generation as failed"
+            fields.update(failure_reason=failure_reason_of(message).value, failure_message=message)
         await finish(deps, record, to, fence=fence, **fields)
         return "created and finished"
     moved = await deps.store.transition(record.id, to, expect={Phase.SUBMITTING}, fenced_by=fence, **fields)

@@ -19,6 +19,8 @@ const FAILURES = {
   completed_without_video: "Luma finished without a video",
   no_account: "No account could take it in time",
   start_deadline_exceeded: "Not started before its deadline",
+  image_unreachable: "Its image could not be fetched (nothing was spent)",
+  upstream_image_missing: "Luma could not find its image (upload it again)",
 };
 const EMPTY = {
   "": ["No generations yet", "Write a prompt and press Generate: the video appears here as soon as it is queued, and plays when it is done."],

@@ -8,9 +8,13 @@ import pytest
 import redis.asyncio as redis_asyncio
 from aiohttp import ClientResponse
 
+from api.appkeys import SETTINGS
 from shared import keys
 from shared.accounts import AccountRegistry, AccountState
-from tests.api.conftest import ADMIN_KEY, ApiClient, MakeApi, account, auth, redis_state
+from shared.states import Phase
+from shared.store import GenerationStore
+from tests.api.conftest import ADMIN_KEY, KEY_A, ApiClient, MakeApi, account, auth, redis_state
+from worker.scheduler import Scheduler
 
 COOKIE = "access_token=admin-added-secret-cookie"
 NEW_COOKIE = "access_token=the-rotated-secret-cookie"
@@ -146,3 +150,58 @@ async def test_bad_admin_bodies_are_refused_and_change_nothing(
     assert answer["code"] == "invalid_request"
     assert field in answer["message"]
     assert await redis_state(redis) == before
+
+
+async def test_removing_an_account_is_refused_while_it_has_work_unless_forced(
+    api: ApiClient, registry: AccountRegistry, redis: redis_asyncio.Redis
+) -> None:
+    """DELETE is 409 account_busy (nothing changed) with work in flight; ?force=true sends that
+    work back to the front of the queue, through the store's transition, to run elsewhere."""
+    db = redis_asyncio.Redis.from_url(api.server.app[SETTINGS].redis_url, decode_responses=True)
+    try:
+        await registry.add(account("doomed", max_concurrency=2))
+        await redis.hset(keys.account("doomed"), "available", 10)
+        created = []
+        for prompt in ("claimed one", "created one"):
+            response = await api.post("/api/generations/create", json={"prompt": prompt}, headers=auth(KEY_A))
+            created.append((await data(response))[0]["id"])
+        store = GenerationStore(db, retention_seconds=3600, default_generation_seconds=10)
+        scheduler = Scheduler(db, lease_seconds=60, store=store)
+        assert {(await scheduler.claim()).account for _ in created} == {"doomed"}  # type: ignore[union-attr]
+        # The second one reached Luma: an intent, then the upstream's id, then rendering.
+        assert (await store.transition(created[1], Phase.SUBMITTING, fence=1, intent_at=1.0)).ok
+        assert (await store.transition(created[1], Phase.PROCESSING, upstream_id="up-1")).ok
+        await scheduler.mark_running(created[1], "doomed", 1.0, 1.0)
+        admin = auth(ADMIN_KEY)
+
+        before = await redis_state(redis)
+        refused = await api.delete("/api/admin/accounts/doomed", headers=admin)
+        assert refused.status == 409
+        body = await refused.json()
+        assert body["code"] == "account_busy" and body["in_flight"] == 2 and "force=true" in body["message"]
+        assert await redis_state(redis) == before
+
+        removed = await data(await api.delete("/api/admin/accounts/doomed?force=true", headers=admin))
+        assert removed["removed"] is True and sorted(removed["rerouted"]) == sorted(created)
+        assert await data(await api.get("/api/admin/accounts", headers=admin)) == []
+        assert not await redis.exists(keys.account("doomed"), keys.leases("doomed"), keys.running("doomed"))
+        for gen_id in created:
+            record = await store.get(gen_id)
+            assert record is not None
+            assert record.phase is Phase.WAITING and record.account is None and record.upstream_id is None
+            history = await data(await api.get(f"/api/generations/{gen_id}/events", headers=auth(KEY_A)))
+            assert history[-1]["to"] == "waiting"
+            view = await data(await api.get(f"/api/generations/{gen_id}", headers=auth(KEY_A)))
+            assert view["state"] == "pending" and view["queue_position"] is not None
+
+        await registry.add(account("spare", max_concurrency=2))
+        await redis.hset(keys.account("spare"), "available", 10)
+        assert {(await scheduler.claim()).account for _ in created} == {"spare"}  # type: ignore[union-attr]
+
+        missing = await api.delete("/api/admin/accounts/doomed", headers=admin)
+        assert missing.status == 404 and (await missing.json())["code"] == "unknown_account"
+        wrong = await api.delete("/api/admin/accounts/spare?force=maybe", headers=admin)
+        assert wrong.status == 400 and (await wrong.json())["code"] == "invalid_query"
+        assert (await api.delete("/api/admin/accounts/spare", headers=auth(KEY_A))).status == 401
+    finally:
+        await db.aclose()

@@ -202,6 +202,8 @@ async def test_finished_generations_have_no_queue_place(api: ApiClient, redis: r
         (b'{"prompt": "ok", "image": "ftp://example.com/a.png"}', "invalid_request", "image"),
         (b'{"prompt": "ok", "image": "not a url"}', "invalid_request", "image"),
         (b'{"prompt": "ok", "image_end": "file:///etc/passwd"}', "invalid_request", "image_end"),
+        (b'{"prompt": "ok", "image": ""}', "invalid_request", "image"),
+        (b'{"prompt": "ok", "image_end": "  "}', "invalid_request", "image_end"),
         (b'{"prompt": "ok", "aspect_ratio": "wide"}', "invalid_request", "aspect_ratio"),
     ],
 )

@@ -105,3 +105,25 @@ async def test_upload_puts_the_bytes_upstream_and_its_generation_runs_on_that_ac
     [upstream] = stack.simulator.state.generation_reports()
     assert upstream["image_url"] == uploaded["public_url"]
     assert upstream["account"] == holder.account
+
+
+async def test_a_create_whose_image_is_gone_upstream_fails_saying_so(stack: Stack) -> None:
+    """An upload the upstream no longer has (expired, or a simulator that forgot it) ends the
+    generation `upstream_image_missing`, not a generic `upstream_failed`."""
+    stack.start_worker(stack.pool({"sim-1": 1}))
+    form = aiohttp.FormData()
+    form.add_field("file", PNG, filename="cat.png", content_type="image/png")
+    response = await stack.api.post("/api/generations/upload", data=form, headers=headers())
+    assert response.status == 200, await response.text()
+    uploaded = (await response.json())["data"]
+    del stack.simulator.state.uploads[uploaded["id"]]  # the upstream lost it
+
+    generation = await create(stack.api, "the cat, animated", image=uploaded["public_url"])
+
+    async def failed() -> bool:
+        return bool((await detail(stack.api, generation["id"]))["state"] == "failed")
+
+    await wait_until(failed, within=20)
+    final = await detail(stack.api, generation["id"])
+    assert final["failure_reason"] == "upstream_image_missing", final
+    assert "image not found" in final["failure_message"]

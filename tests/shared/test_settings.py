@@ -63,5 +63,5 @@ def test_a_bad_account_in_the_environment_is_reported_without_its_cookie(tmp_pat
     )
 
     assert result.returncode != 0
-    assert "luma_accounts.0.cookie" in result.stderr
+    assert "LUMA_ACCOUNTS[0].cookie" in result.stderr
     assert "settings-secret-cookie" not in result.stderr
