@@ -11,7 +11,18 @@ from collections.abc import AsyncIterator, Callable, Iterable
 import structlog
 from aiohttp import web
 
-from api import dashboard, extend, handlers, processes, relay, server, upstream_callbacks, webhooks
+from api import (
+    dashboard,
+    docs,
+    extend,
+    handlers,
+    metrics,
+    processes,
+    relay,
+    server,
+    upstream_callbacks,
+    webhooks,
+)
 from api.appkeys import ARQ, EVENT_HUB, EVENTS, FILES, REDIS, REGISTRY, SETTINGS, STORE, WEBHOOKS
 from api.auth import KEYRING, KeyRing
 from api.errors import error_middleware
@@ -72,7 +83,7 @@ async def _arq(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, preflight, body_deadline, error_middleware],
+        middlewares=[request_context, metrics.http_metrics, preflight, body_deadline, error_middleware],
         client_max_size=settings.upload_max_bytes + CLIENT_MAX_SIZE_MARGIN,
     )
     app[SETTINGS] = settings
@@ -103,11 +114,14 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/admin/holders", handlers.list_holders)
     app.router.add_patch("/api/admin/holders/{owner}", handlers.update_holder)
     app.router.add_get("/healthz", handlers.health)
+    app.router.add_get("/readyz", handlers.ready)
     app.router.add_get("/", dashboard.index)
     app.router.add_get("/dashboard/{name}", dashboard.asset)
     extend.add_routes(app)
     upstream_callbacks.add_routes(app)
     relay.add_routes(app)
+    metrics.add_routes(app)
+    docs.add_routes(app)
     return app
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from api import events, pool, submissions, uploads
 from api.appkeys import EVENT_HUB, EVENTS, REDIS, REGISTRY, SETTINGS, STORE
@@ -28,6 +29,7 @@ from api.parse import body_as, query_as
 from api.respond import json_response
 from shared.accounts import AccountExists, AccountView, UnknownAccount
 from shared.events import Event, EventsQuery, GenerationEvent
+from shared.health import AccountState
 from shared.models import (
     AccountUpdate,
     BatchRequest,
@@ -47,6 +49,48 @@ async def health(request: web.Request) -> web.Response:
     """GET /healthz, unauthenticated: 200 while this api can reach Redis (503 JSON otherwise)."""
     await request.app[REDIS].ping()
     return json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """GET /readyz, unauthenticated: 200 when Redis answers and an enabled account can take work.
+
+    Otherwise 503 naming the check that failed, so a load balancer stops sending creates that
+    could only wait (a live api that is not ready still answers reads: /healthz says it is alive).
+    """
+    checks: dict[str, dict[str, object]] = {}
+    try:
+        await request.app[REDIS].ping()
+        accounts = await request.app[REGISTRY].views()
+    except (RedisError, OSError) as exc:
+        checks["redis"] = {"ok": False, "detail": f"Redis does not answer: {type(exc).__name__}"}
+        checks["accounts"] = {"ok": False, "detail": "unknown while Redis does not answer"}
+    else:
+        checks["redis"] = {"ok": True, "detail": "Redis answers"}
+        checks["accounts"] = _accounts_check(accounts)
+    is_ready = all(check["ok"] for check in checks.values())
+    return json_response(
+        {"status": "ready" if is_ready else "not_ready", "checks": checks}, status=200 if is_ready else 503
+    )
+
+
+def _accounts_check(accounts: list[AccountView]) -> dict[str, object]:
+    usable = [
+        account.name
+        for account in accounts
+        if account.state == AccountState.ACTIVE and not account.breaker_open
+    ]
+    if usable:
+        return {"ok": True, "detail": f"{len(usable)} of {len(accounts)} accounts can take work"}
+    if not accounts:
+        return {"ok": False, "detail": "no account is configured"}
+    why = ", ".join(
+        f"{account.name} {'cooling' if account.state == AccountState.ACTIVE else account.state}"
+        for account in accounts[:20]
+    )
+    return {
+        "ok": False,
+        "detail": f"no account can take work (not expired, not spent, enabled, circuit closed): {why}",
+    }
 
 
 @requires(Access.HOLDER)

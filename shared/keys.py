@@ -67,6 +67,11 @@ Scheduling (see worker/scheduler.py for the Lua that keeps these consistent):
     dispatch:seq             string  counts claims: the global order in which generations start
     replication:probe        string  written before a WAIT, so the WAIT covers the writes before it
 
+Metrics (shared/tally.py folds the event log into these at scrape time):
+    metrics:tally            hash    counters: generations accepted, finished by state and reason,
+                                     create-to-terminal seconds by histogram bucket
+    metrics:cursor           string  the id of the last event folded into metrics:tally
+
 arq's own keys live under its `arq:` prefix; our jobs go to the queue ARQ_QUEUE below.
 """
 
@@ -103,6 +108,8 @@ UPLOADS_EXPIRY = PREFIX + "uploads:expiry"
 UPLOADS_SIZES = PREFIX + "uploads:sizes"
 UPLOADS_BYTES = PREFIX + "uploads:bytes"
 UNSERVABLE_SINCE = PREFIX + "pool:unservable-since"
+METRICS_TALLY = PREFIX + "metrics:tally"
+METRICS_CURSOR = PREFIX + "metrics:cursor"
 
 
 def generation(gen_id: str) -> str:

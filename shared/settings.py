@@ -293,6 +293,12 @@ class Settings(BaseSettings):
     no_account_deadline_seconds: float = Field(default=3600.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
+    # Prometheus (README, "Operating it"): METRICS_KEY, when set, is the Bearer token the api's
+    # /metrics asks for; each worker serves its own metrics on WORKER_METRICS_PORT (unset: off).
+    metrics_key: str = Field(default="", repr=False)
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+
     log_level: str = "INFO"
     log_json: bool | None = None  # None: JSON when stdout is not a terminal
 

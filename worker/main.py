@@ -29,6 +29,7 @@ from worker.context import Deps, deps_of
 from worker.dispatcher import run_dispatcher
 from worker.liveness import Liveness, new_worker_id, run_liveness
 from worker.maintenance import run_upkeep
+from worker.metrics import serve_metrics
 from worker.poller import run_poller
 from worker.refresh import refresh
 from worker.scheduler import Scheduler
@@ -93,6 +94,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         asyncio.create_task(run_webhook_reader(deps, stopping), name="webhook_reader"),
         asyncio.create_task(run_webhook_sender(deps, stopping), name="webhook_sender"),
     ]
+    ctx["metrics_server"] = serve_metrics(settings.worker_metrics_host, settings.worker_metrics_port)
     log.info("worker_started", accounts=await registry.names())
     if gap := await durability_gap(redis, settings):
         log.warning("redis_not_durable", problem=gap, fix="appendonly yes, appendfsync always")
@@ -115,6 +117,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await deps.session.close()
     await deps.fetch_session.close()
     await deps.redis.aclose()
+    if ctx.get("metrics_server") is not None:
+        ctx["metrics_server"].shutdown()
     log.info("worker_stopped")
 
 

@@ -57,6 +57,7 @@ from shared.webhooks import (
 )
 from worker.context import Deps
 from worker.loops import run_loop
+from worker.metrics import WEBHOOK_DELIVERIES
 
 log = structlog.get_logger(__name__)
 
@@ -353,6 +354,7 @@ class Sender:
 def _log_outcome(delivery: Delivery, recorded: Recorded, status: int | None, error: str | None) -> None:
     if recorded.outcome == "missing":
         return
+    WEBHOOK_DELIVERIES.labels(recorded.outcome).inc()
     # The host only: a URL's path or query may carry the receiver's own token.
     fields = {
         "generation_id": delivery.generation_id,

@@ -34,6 +34,7 @@ from worker.upstream.errors import (
     error_class_for,
     parse_retry_after,
 )
+from worker.upstream.metrics import observed
 from worker.upstream.models import UploadSlot, UpstreamGeneration, UpstreamState, UpstreamUsage
 from worker.upstream.retry import DEFAULT_RETRY, NOT_SENT, RetryPolicy
 from worker.upstream.web import BODY_EXCERPT_CHARS, CONNECT_TIMEOUT, _describe, _iso_time, error_message
@@ -168,23 +169,25 @@ class OfficialClient:
     ) -> Json:
         """One request; the JSON object of a 2xx answer, or a LumaError."""
         total = self.timeout if answer_within is None else answer_within
-        try:
-            async with self.session.request(
-                method,
-                self.base_url + path,
-                params=params,
-                json=json_body,
-                headers={"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=total, sock_connect=min(total, CONNECT_TIMEOUT)),
-                allow_redirects=False,  # a redirect would carry the key wherever it points
-            ) as response:
-                status, retry_after = response.status, response.headers.get("Retry-After")
-                text = (await response.read()).decode("utf-8", errors="replace")
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            # `from None`: aiohttp's frames hold our headers, and a renderer of locals would print the key.
-            raise RequestNotSent(f"{method} {path}: not sent: {_describe(exc)}") from None
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamUnavailable(f"{method} {path}: {_describe(exc)}") from None
+        with observed(method, path, self.account) as attempt:
+            try:
+                async with self.session.request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    json=json_body,
+                    headers={"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"},
+                    timeout=aiohttp.ClientTimeout(total=total, sock_connect=min(total, CONNECT_TIMEOUT)),
+                    allow_redirects=False,  # a redirect would carry the key wherever it points
+                ) as response:
+                    status, retry_after = response.status, response.headers.get("Retry-After")
+                    text = (await response.read()).decode("utf-8", errors="replace")
+                    attempt.status = str(status)  # only once the whole answer is in
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # `from None`: aiohttp's frames hold our headers; a renderer of locals would print the key.
+                raise RequestNotSent(f"{method} {path}: not sent: {_describe(exc)}") from None
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise UpstreamUnavailable(f"{method} {path}: {_describe(exc)}") from None
         if 200 <= status < 300:
             try:
                 data: object = json.loads(text)

@@ -34,6 +34,7 @@ from worker.upstream.errors import (
     error_class_for,
     parse_retry_after,
 )
+from worker.upstream.metrics import observed
 from worker.upstream.models import UploadSlot, UpstreamGeneration, UpstreamState, UpstreamUsage
 from worker.upstream.retry import DEFAULT_RETRY, NOT_SENT, TRANSIENT, RetryPolicy
 
@@ -265,30 +266,32 @@ class LumaClient:
     ) -> T:
         """Send one request; return the JSON of a 2xx answer if it has `shape`, else raise a LumaError."""
         rotated = False
-        try:
-            async with self.session.request(
-                method,
-                self.base_url + path,
-                params=params,
-                json=json_body,
-                headers=self._headers(),  # built inline: no local variable holds the cookie
-                timeout=self._client_timeout(answer_within),
-                allow_redirects=False,  # a redirect would carry the cookie wherever it points
-            ) as response:
-                # Errors rotate cookies too, so merge before anything can fail.
-                rotated = self._absorb_set_cookie(response.headers.getall("Set-Cookie", []))
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-                raw = await response.read()
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            # `from None` here and below: aiohttp's frames hold our headers, and a traceback
-            # renderer that shows locals would print the cookie.
-            raise RequestNotSent(f"{method} {path}: not sent: {_describe(exc)}") from None
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise UpstreamUnavailable(f"{method} {path}: {_describe(exc)}") from None
-        finally:
-            if rotated:
-                await self._save_cookie()
+        with observed(method, path, self.account) as attempt:
+            try:
+                async with self.session.request(
+                    method,
+                    self.base_url + path,
+                    params=params,
+                    json=json_body,
+                    headers=self._headers(),  # built inline: no local variable holds the cookie
+                    timeout=self._client_timeout(answer_within),
+                    allow_redirects=False,  # a redirect would carry the cookie wherever it points
+                ) as response:
+                    # Errors rotate cookies too, so merge before anything can fail.
+                    rotated = self._absorb_set_cookie(response.headers.getall("Set-Cookie", []))
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+                    raw = await response.read()
+                    attempt.status = str(status)  # only once the whole answer is in
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # `from None` here and below: aiohttp's frames hold our headers, and a traceback
+                # renderer that shows locals would print the cookie.
+                raise RequestNotSent(f"{method} {path}: not sent: {_describe(exc)}") from None
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise UpstreamUnavailable(f"{method} {path}: {_describe(exc)}") from None
+            finally:
+                if rotated:
+                    await self._save_cookie()
 
         text = raw.decode("utf-8", errors="replace")
         if 200 <= status < 300:
