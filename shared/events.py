@@ -146,6 +146,29 @@ class EventLog:
 
     async def recent(self, count: int = 100, *, before: str | None = None) -> list[Event]:
         """The newest entries of the whole log, newest first; `before`: only those older than it."""
-        newest = f"({before}" if before else "+"
+        newest = _before(before)
+        if newest is None:
+            return []  # nothing comes before 0-0
         entries = await self.redis.xrevrange(keys.EVENTS, max=newest, min="-", count=count)
         return [parse_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+# Redis stream ids are two unsigned 64-bit numbers.
+_ID_MAX = 2**64 - 1
+
+
+def _before(before: str | None) -> str | None:
+    """XREVRANGE's `max` for the entries older than `before`; None when there can be none.
+
+    Redis refuses an exclusive `(0-0` (nothing precedes it) and a part past 64 bits, which the
+    query's pattern lets through: such an id would otherwise reach Redis and fail as a 500.
+    """
+    if not before:
+        return "+"
+    ms, _, seq = before.partition("-")
+    millis, sequence = int(ms), int(seq or 0)
+    if millis > _ID_MAX or (millis == _ID_MAX and sequence > _ID_MAX):
+        return "+"  # later than any id Redis can hold: every entry is older
+    if millis == 0 and sequence == 0:
+        return None
+    return f"({millis}-{min(sequence, _ID_MAX)}"
