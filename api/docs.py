@@ -8,18 +8,17 @@ ours, so the page runs under a Content-Security-Policy that allows only this ori
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
 
+import orjson
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
 from api.appkeys import SETTINGS
 from api.errors import NotFound
-from api.openapi import build_document
-from api.respond import json_response
-
-OPENAPI_DOCUMENT = web.AppKey("openapi_document", dict)
+from api.openapi import SETTING_BOUNDS, build_document
+from shared.settings import Settings
 
 SWAGGER_DIR = Path(str(swagger_ui_path))
 # The files of the bundle the page needs; nothing else in that directory is served.
@@ -76,16 +75,22 @@ HEADERS = {
 }
 
 
-def document(app: web.Application) -> dict[str, Any]:
-    """The app's OpenAPI document, built on first use (the routes do not change while it runs)."""
-    if OPENAPI_DOCUMENT not in app:
-        app[OPENAPI_DOCUMENT] = build_document(app[SETTINGS])
-    return app[OPENAPI_DOCUMENT]
+# Encoded documents by the setting-bound limits they state: built once per process, not per app
+# or request (the routes and the models do not change while it runs).
+_DOCUMENTS: dict[str, bytes] = {}
+
+
+def document(settings: Settings) -> bytes:
+    """The OpenAPI document for these settings, as JSON bytes."""
+    key = json.dumps([bound(settings) for bound in SETTING_BOUNDS.values()], sort_keys=True)
+    if key not in _DOCUMENTS:
+        _DOCUMENTS[key] = orjson.dumps(build_document(settings))
+    return _DOCUMENTS[key]
 
 
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json: served without a key, as is usual."""
-    return json_response(document(request.app))
+    return web.Response(body=document(request.app[SETTINGS]), content_type="application/json")
 
 
 async def docs_page(request: web.Request) -> web.Response:
