@@ -17,6 +17,7 @@ METRICS_KEY, when set, is required as `Authorization: Bearer <key>`; unset, /met
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import time
@@ -40,11 +41,12 @@ from api.appkeys import REDIS, SETTINGS, STORE
 from api.appkeys import REGISTRY as ACCOUNTS
 from api.auth import KEYRING
 from api.errors import Unauthorized
+from api.middleware import CLIENT_CLOSED
+from api.processes import MULTIPROC_ENV
 from shared import keys
 from shared.health import AccountState
 from shared.tally import EventTally, Tally
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED = "unmatched"  # a path no route took: one label, whatever was asked for
 
 HTTP_REQUESTS = Counter(
@@ -79,6 +81,9 @@ async def http_metrics(request: web.Request, handler: Handler) -> web.StreamResp
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED  # as the request log says it
         raise
     finally:
         route = _route(request)

@@ -6,6 +6,11 @@ only starts them and stops them: SIGTERM or SIGINT here is passed to each as SIG
 as a single api would. If one of them exits on its own the others are stopped and the exit code is
 1, so that whatever supervises the api (compose, systemd) restarts it whole.
 
+Metrics: the processes use prometheus-client's multiprocess mode, so that /metrics on the one port
+shows every process's HTTP series summed, whichever process answers the scrape. They write them to
+files in PROMETHEUS_MULTIPROC_DIR: a fresh temporary directory (removed on exit) unless one is set,
+in which case its old `*.db` files are removed first, as the client's documentation asks.
+
 Chosen over gunicorn with aiohttp's worker class: that worker serves through aiohttp's own
 `run_app` path, so the connection cap, the header deadline and the JSON for parser errors
 (api/server.py) would need re-doing inside gunicorn's worker, for a supervisor this small.
@@ -15,9 +20,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 import structlog
@@ -31,8 +39,27 @@ log = structlog.get_logger("api")
 _CONTEXT = multiprocessing.get_context("spawn")
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def run_processes(settings: Settings) -> int:
     """Start API_PROCESSES api processes and wait for them; the exit code."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        return _run_processes(settings)
+    # Set before the children start: the spawned processes read it when they import prometheus-client.
+    directory = tempfile.mkdtemp(prefix="luma-queue-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        return _run_processes(settings)
+    finally:
+        del os.environ[MULTIPROC_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _run_processes(settings: Settings) -> int:
     count = settings.api_processes
     children: list[BaseProcess] = [
         _CONTEXT.Process(target=serve_child, args=(settings, os.getpid()), name=f"api-{index}")

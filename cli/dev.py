@@ -42,6 +42,8 @@ DEV_ADMIN_KEY = "dev-admin-key"
 REDIS_NOISE = re.compile(
     r"oO0OoO0OoO0Oo|Redis version=|Configuration loaded|Server initialized|Memory overcommit"
 )
+# Where the dev stack's worker serves its metrics unless WORKER_METRICS_PORT says otherwise.
+DEV_WORKER_METRICS_PORT = 9100
 
 REDIS_READY_SECONDS = 15.0
 SIMULATOR_READY_SECONDS = 30.0
@@ -306,6 +308,7 @@ class Running:
     upstream: str
     admin_key: str
     accounts: list[tuple[str, str]]  # (name, base_url) of every account in the registry
+    worker_metrics_url: str | None = None
 
 
 def _start_redis(stack: Stack, port: int, run_dir: Path) -> tuple[str, Path]:
@@ -351,6 +354,17 @@ def start_stack(stack: Stack, settings: Settings, args: argparse.Namespace, run_
     _require_free_port(
         api_host, settings.api_port, "the api", "Stop what holds it, or set API_PORT to another port."
     )
+    # The worker's own metrics (README, "Operating it"): on by default here, off elsewhere.
+    worker_metrics_port = settings.worker_metrics_port
+    if worker_metrics_port is None and "worker_metrics_port" not in settings.model_fields_set:
+        worker_metrics_port = DEV_WORKER_METRICS_PORT
+        _require_free_port(
+            "127.0.0.1",
+            worker_metrics_port,
+            "the worker's metrics",
+            "Stop what holds it, or set WORKER_METRICS_PORT to another port.",
+        )
+        env["WORKER_METRICS_PORT"] = str(worker_metrics_port)
     accounts = settings.accounts()
     if not accounts:
         _require_free_port(
@@ -401,6 +415,11 @@ def start_stack(stack: Stack, settings: Settings, args: argparse.Namespace, run_
         return None if registry else "the worker has not registered its accounts yet"
 
     stack.wait_until("the worker", accounts_registered, API_READY_SECONDS)
+    worker_metrics_url = (
+        f"http://{_reachable_host(settings.worker_metrics_host)}:{worker_metrics_port}/metrics"
+        if worker_metrics_port is not None
+        else None
+    )
     return Running(
         api_url=api_url,
         redis_url=redis_url,
@@ -408,6 +427,7 @@ def start_stack(stack: Stack, settings: Settings, args: argparse.Namespace, run_
         upstream=upstream,
         admin_key=admin_key,
         accounts=registry,
+        worker_metrics_url=worker_metrics_url,
     )
 
 
@@ -447,7 +467,9 @@ def banner(running: Running, settings: Settings, log_dir: Path) -> str:
             f"luma-queue is running at {url}   (Ctrl-C stops everything)",
             "",
             f"  dashboard   {url}/   (open it in a browser)",
-            f"  api         {url}",
+            f"  api         {url}   (docs: {url}/docs, OpenAPI: {url}/openapi.json)",
+            f"  metrics     {url}/metrics"
+            + (f"   worker: {running.worker_metrics_url}" if running.worker_metrics_url else ""),
             f"  Secret-Key  {key_line}",
             f"  admin key   {running.admin_key}   ({admin_note})",
             f"  redis       {redacted_url(running.redis_url)}  ({redis_note})",

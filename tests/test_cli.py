@@ -148,14 +148,18 @@ class DevStack:
     """`luma-queue dev` as a new user runs it, on free ports, in a temp dir, output in a file."""
 
     def __init__(self, cwd: Path) -> None:
-        redis_port, simulator_port, self.api_port = free_ports(3)
+        redis_port, simulator_port, self.api_port, self.worker_metrics_port = free_ports(4)
         self.output_path = cwd / "dev.out"
         self._output = self.output_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "dev", "--redis-port", str(redis_port),
              "--simulator-port", str(simulator_port), "--stop-timeout", "10"],
             cwd=cwd,
-            env=clean_env(API_PORT=str(self.api_port), PYTHONPATH=str(ROOT)),
+            env=clean_env(
+                API_PORT=str(self.api_port),
+                WORKER_METRICS_PORT=str(self.worker_metrics_port),
+                PYTHONPATH=str(ROOT),
+            ),
             stdout=self._output,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -251,6 +255,16 @@ def test_dev_runs_a_generation_to_the_end_and_stops_on_ctrl_c(dev_stack: DevStac
         assert state in ("pending", "processing"), dev_stack.output()
         assert time.monotonic() < deadline, dev_stack.output()
         time.sleep(0.5)
+
+    # `curl /metrics` shows the generation; the worker's own port (in the banner) its requests.
+    worker_metrics = f"http://127.0.0.1:{dev_stack.worker_metrics_port}/metrics"
+    assert f"worker: {worker_metrics}" in dev_stack.output()
+    with no_proxy.open(f"http://127.0.0.1:{dev_stack.api_port}/metrics", timeout=10) as answer:
+        assert (
+            'luma_queue_generations_finished_total{reason="",state="completed"} 1.0' in answer.read().decode()
+        )
+    with no_proxy.open(worker_metrics, timeout=10) as answer:
+        assert "luma_queue_upstream_requests_total{" in answer.read().decode()
 
     dev_stack.process.send_signal(signal.SIGINT)
     assert dev_stack.process.wait(timeout=60) == 0, dev_stack.output()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as redis_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import keys
 from tests.fixtures.api_process import ApiProcess, ServeApi, exchange, read_answer
@@ -190,6 +191,30 @@ async def test_processes_serve_one_port_and_stop_together(serve_api: ServeApi) -
     assert {answer.status for answer in answers} == {200}
     assert api.stop() == 0
     assert not [pid for pid in serving if alive(pid)]
+
+
+async def test_metrics_of_every_process_are_summed_on_the_one_port(serve_api: ServeApi) -> None:
+    """--processes 2, multiprocess mode: /metrics counts the requests both processes answered."""
+    api = serve_api(args=("--processes", "2"))
+    await wait_until(lambda: len(listening_pids(api)) == 2, "both processes to listen")
+
+    answers = await asyncio.gather(*(exchange(api.port, HEALTH) for _ in range(40)))
+    assert {answer.status for answer in answers} == {200}
+    # SO_REUSEPORT spreads the 40 connections over both processes: one process's own count would
+    # be about half of them.
+
+    metrics = await exchange(api.port, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert metrics.status == 200
+    served = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(metrics.body.decode())
+        for sample in family.samples
+    }
+    healthz = frozenset({"route": "/healthz", "method": "GET", "status": "200"}.items())
+    # The 40, plus the start-up probe that waited for the first process to answer.
+    assert served[("luma_queue_http_requests_total", healthz)] >= 40
+    assert served[("luma_queue_http_requests_total", healthz)] <= 42
+    assert api.stop() == 0
 
 
 async def test_one_process_dying_stops_the_others_and_fails(serve_api: ServeApi) -> None:
