@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Reinstalled when pyproject.toml changes.
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install check-redis check-chromium dev test lint format typecheck bench clean distclean
+.PHONY: help install check-redis check-chromium dev test fuzz lint format typecheck bench clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -71,6 +71,11 @@ dev: $(INSTALLED) ## run redis, the simulator, the api and a worker here; Ctrl-C
 
 test: $(INSTALLED) check-redis check-chromium lint typecheck ## lint, type-check and run the whole test suite
 	$(BIN)/pytest
+
+# The suite fuzzes each operation with a few examples; this runs many more (FUZZ_EXAMPLES=N to choose).
+FUZZ_EXAMPLES ?= 300
+fuzz: $(INSTALLED) check-redis ## schemathesis: every API operation, FUZZ_EXAMPLES (300) examples each
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/api/test_fuzz.py -q
 
 lint: $(INSTALLED) ## ruff check and ruff format --check
 	$(BIN)/ruff check .

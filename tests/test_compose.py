@@ -150,3 +150,20 @@ def test_api_and_worker_take_the_sentinel_settings_from_the_environment(services
     # What the ha profile's README line sets must be something Settings accepts.
     settings = Settings(_env_file=None, redis_sentinels="sentinel-1:26379,sentinel-2:26379,sentinel-3:26379")
     assert [host for host, _ in settings.redis_sentinels] == ["sentinel-1", "sentinel-2", "sentinel-3"]
+
+
+def test_the_monitoring_profile_adds_prometheus_and_grafana_with_our_files(services: dict[str, Any]) -> None:
+    """`--profile monitoring`: Prometheus with deploy/prometheus.yml, Grafana with the dashboard."""
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == ["monitoring"] and grafana["profiles"] == ["monitoring"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    mounted = {volume.split(":")[0] for volume in grafana["volumes"]}
+    assert {"./deploy/grafana/provisioning", "./deploy/grafana/luma-queue.json"} <= mounted
+    for volume in (*prometheus["volumes"], *grafana["volumes"]):
+        source = volume.split(":")[0]
+        if source.startswith("./"):
+            assert (ROOT / source).exists(), source
+    # The worker serves its metrics to the compose network for Prometheus to scrape.
+    worker = services["worker"]["environment"]
+    assert worker["WORKER_METRICS_HOST"] == "0.0.0.0"
+    assert Settings(_env_file=None, worker_metrics_port=worker["WORKER_METRICS_PORT"]).worker_metrics_port
