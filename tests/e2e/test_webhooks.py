@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -121,7 +123,8 @@ async def test_a_receiver_failing_twice_gets_the_event_on_the_third_attempt_same
     hooks: Hooks,
 ) -> None:
     """500, 500, 200: three attempts per event, one webhook-id, one body, each verified (standardwebhooks)."""
-    hooks.start_worker({"sim-1": 1})
+    metrics_port = free_port()
+    hooks.start_worker({"sim-1": 1}, WORKER_METRICS_PORT=metrics_port)
     hooks.receiver.respond = lambda hit, nth: 500 if nth <= 2 else 200
     [gen_id] = await create_many(hooks.api, ["a fox, hooked"], callback_url=hooks.receiver.url())
     await wait_all_terminal(hooks.redis, [gen_id], within=30)
@@ -143,6 +146,17 @@ async def test_a_receiver_failing_twice_gets_the_event_on_the_third_attempt_same
     assert completed.payload["data"] == (await detail.json())["data"]
     assert completed.payload["data"]["video"]["url"]
     assert completed.payload["timestamp"].endswith("Z")
+    # The worker's metrics counted each attempt by its outcome.
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(metrics_url) as answer:
+        exposition = await answer.text()
+    outcomes = {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "luma_queue_webhook_deliveries_total"
+    }
+    assert outcomes == {"failed": 2 * len(expected), "delivered": len(expected)}
 
 
 @simulator_with(pending_seconds=0.05, processing_seconds=1.5, failure_rate=0.5, seed=11)
