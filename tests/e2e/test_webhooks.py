@@ -146,17 +146,28 @@ async def test_a_receiver_failing_twice_gets_the_event_on_the_third_attempt_same
     assert completed.payload["data"] == (await detail.json())["data"]
     assert completed.payload["data"]["video"]["url"]
     assert completed.payload["timestamp"].endswith("Z")
-    # The worker's metrics counted each attempt by its outcome.
+    # The worker's metrics counted each attempt by its outcome (once it has recorded the last one,
+    # which it does after the receiver answered).
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    async with aiohttp.ClientSession() as session, session.get(metrics_url) as answer:
-        exposition = await answer.text()
-    outcomes = {
-        sample.labels["outcome"]: sample.value
-        for family in text_string_to_metric_families(exposition)
-        for sample in family.samples
-        if sample.name == "luma_queue_webhook_deliveries_total"
-    }
-    assert outcomes == {"failed": 2 * len(expected), "delivered": len(expected)}
+    wanted = {"failed": 2 * len(expected), "delivered": len(expected)}
+    seen: dict[str, float] = {}
+
+    async def counted() -> bool:
+        async with aiohttp.ClientSession() as session, session.get(metrics_url) as answer:
+            exposition = await answer.text()
+        seen.clear()
+        seen.update(
+            (sample.labels["outcome"], sample.value)
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples
+            if sample.name == "luma_queue_webhook_deliveries_total"
+        )
+        return seen == wanted
+
+    try:
+        await wait_until(counted, within=10, interval=0.05)
+    except AssertionError:
+        raise AssertionError(f"webhook outcomes counted {seen}, expected {wanted}") from None
 
 
 @simulator_with(pending_seconds=0.05, processing_seconds=1.5, failure_rate=0.5, seed=11)
