@@ -125,6 +125,19 @@ class AccountList(BaseModel):
     data: list[AccountView]
 
 
+class RemovedAccount(BaseModel):
+    name: str
+    removed: bool
+    rerouted: list[str] = Field(description="ids of the generations sent back to the queue")
+    configured: bool = Field(
+        description="it comes from LUMA_ACCOUNTS or ACCESS_TOKEN, so the next worker start puts it back"
+    )
+
+
+class RemovedAccountAnswer(BaseModel):
+    data: RemovedAccount
+
+
 class GenerationEventView(BaseModel):
     """One transition of a generation; the admin also sees `owner` and `account`."""
 

@@ -37,6 +37,7 @@ from shared.models import (
     GenerationRecord,
     HolderUpdate,
     ListQuery,
+    RemoveAccountQuery,
 )
 from shared.settings import AccountConfig
 from shared.states import NOT_SUBMITTED, FailureReason
@@ -275,11 +276,9 @@ async def remove_account(request: web.Request, caller: Caller) -> web.Response:
     them back to the front of their owners' queues to run on another account.
     """
     name = request.match_info["name"]
-    force = request.query.get("force", "false").lower()
-    if force not in ("true", "false", "1", "0"):
-        raise InvalidQuery(f"force must be true or false, got {force[:20]!r}")
+    query = query_as(request, RemoveAccountQuery)
     try:
-        rerouted = await request.app[STORE].remove_account(name, force=force in ("true", "1"))
+        rerouted = await request.app[STORE].remove_account(name, force=query.force)
     except NoSuchAccount:
         raise UnknownAccountError(f"no account named {name[:64]!r}") from None
     except AccountBusy as busy:

@@ -30,7 +30,14 @@ from api.auth import KEY_QUERY_PARAMETER, SECRET_KEY_HEADER
 from api.extend import ExtendRequest
 from api.relay import RelayCreate, RelayExtend, RelayUpload
 from shared.events import EventsQuery
-from shared.models import AccountUpdate, BatchRequest, CreateRequest, HolderUpdate, ListQuery
+from shared.models import (
+    AccountUpdate,
+    BatchRequest,
+    CreateRequest,
+    HolderUpdate,
+    ListQuery,
+    RemoveAccountQuery,
+)
 from shared.settings import AccountConfig, Settings
 
 OPENAPI_VERSION = "3.1.0"
@@ -305,6 +312,17 @@ OPERATIONS: tuple[Operation, ...] = (
         {200: answers.AccountAnswer},
         (*JSON_BODY, *ADMIN),
         body=AccountUpdate,
+        parameters=(path_parameter("name", "the account's name"),),
+    ),
+    Operation(
+        "delete",
+        "/api/admin/accounts/{name}",
+        "Take an account out of the pool (409 while it has generations in flight, unless force)",
+        "admin",
+        Auth.ADMIN,
+        {200: answers.RemovedAccountAnswer},
+        (400, *ADMIN, 409),
+        query=RemoveAccountQuery,
         parameters=(path_parameter("name", "the account's name"),),
     ),
     Operation(

@@ -208,6 +208,17 @@ def _comma_list(value: object) -> object:
     return value
 
 
+class RemoveAccountQuery(BaseModel):
+    """The query of DELETE /api/admin/accounts/{name}: `force` reroutes what is in flight there."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    force: bool = Field(
+        default=False,
+        description="send its in-flight generations back to the queue instead of refusing (409)",
+    )
+
+
 class ListQuery(BaseModel):
     """The query of GET /api/generations: a page of the caller's generations, newest first.
 
