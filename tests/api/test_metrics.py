@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as redis_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 
 from api.auth import owner_id
 from shared.accounts import AccountRegistry
@@ -15,21 +14,7 @@ from shared.settings import Settings
 from shared.store import generation_store
 from shared.tally import EventTally
 from tests.api.conftest import KEY_A, KEY_B, ApiClient, MakeApi, account, auth
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(exposition: str) -> Samples:
-    """Every sample of the exposition by (name, labels), through prometheus_client's own parser."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(exposition)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+from tests.metrics import Samples, parse, value
 
 
 async def scrape(api: ApiClient, **headers: str) -> Samples:

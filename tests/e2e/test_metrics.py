@@ -8,28 +8,14 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from cli.ports import free_port
 from tests.fixtures.simulator import wait_until
 from tests.fixtures.stack import Stack, headers
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+from tests.metrics import Samples, parse, value
 
 CREATE_ROUTE = "POST /api/photon/v1/generations/"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-")
-
-
-def parse(exposition: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(exposition)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def api_metrics(api: TestClient[Any, Any]) -> Samples:
