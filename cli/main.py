@@ -7,6 +7,7 @@ starting one process does not load the others' code.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -165,6 +166,55 @@ WORKER_SETTINGS = """settings that matter (environment or ./.env; all of them: .
 """
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from cli.batch import run_batch
+
+    return run_batch(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cli.batch import run_status
+
+    return run_status(args)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from cli.batch import run_download
+
+    return run_download(args)
+
+
+def add_gateway_options(parser: argparse.ArgumentParser) -> None:
+    """Where the gateway is and the key to call it with: the client commands' common options."""
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("LUMA_QUEUE_URL") or "http://127.0.0.1:8000",
+        help="the gateway's address (default: LUMA_QUEUE_URL, else http://127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--key",
+        default=os.environ.get("LUMA_QUEUE_KEY"),
+        help="your Secret-Key (default: LUMA_QUEUE_KEY); it is never printed",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only the summary")
+
+
+BATCH_DESCRIPTION = """\
+Submit every prompt of PROMPTS to the gateway, follow them, and download each video as it
+completes, to OUT/<line>-<slug>.mp4. OUT/manifest.jsonl records every line's generation: run
+the same command again (after Ctrl-C, a crash, or an edit of the file) and it goes on where it
+stopped, without making any line twice.
+
+PROMPTS is a .txt file (one prompt per line; blank lines and lines starting with # are skipped),
+a .jsonl file (one object per line: prompt, and optionally image, image_end, aspect_ratio, loop,
+expand_prompt, name), a .csv file whose header names those columns, or - for a .txt-style list
+on standard input. An image is an http(s) URL or a local file (uploaded once).
+
+Exit status: 0 every line completed (and downloaded), 1 some failed (listed), 2 a usage error,
+130 interrupted.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="luma-queue",
@@ -262,6 +312,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds each process gets to stop after SIGTERM before it is killed",
     )
     dev.set_defaults(handler=cmd_dev)
+
+    batch = commands.add_parser(
+        "batch",
+        help="a file of prompts in, a folder of videos out: submit, follow, download, resume",
+        description=BATCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch.add_argument("prompts", metavar="PROMPTS", help="a .txt, .jsonl or .csv file, or - (stdin)")
+    add_gateway_options(batch)
+    batch.add_argument("--out", default="./luma-videos", help="folder for the videos (default: %(default)s)")
+    batch.add_argument("--no-wait", action="store_true", help="submit, print the batch id and exit")
+    batch.add_argument("--no-download", action="store_true", help="follow the generations, download nothing")
+    batch.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="lines per batch request (default: %(default)s; smaller if the gateway says so)",
+    )
+    batch.add_argument(
+        "--parallel-downloads",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="videos downloaded at once (default: %(default)s)",
+    )
+    batch.set_defaults(handler=cmd_batch)
+
+    status = commands.add_parser(
+        "status",
+        help="a batch's generations counted by state, and its failures",
+        description="Print each batch's generations counted by state, and the reason of each failed one.",
+    )
+    status.add_argument("batch_ids", nargs="+", metavar="BATCH_ID")
+    add_gateway_options(status)
+    status.set_defaults(handler=cmd_status)
+
+    download = commands.add_parser(
+        "download",
+        help="download the videos a batch has finished",
+        description="Download every completed video of the batches into DIR (files already there are "
+        "kept). With the batch's manifest.jsonl in DIR, files are named as `batch` names them.",
+    )
+    download.add_argument("batch_ids", nargs="+", metavar="BATCH_ID")
+    add_gateway_options(download)
+    download.add_argument("--out", default="./luma-videos", metavar="DIR", help="(default: %(default)s)")
+    download.set_defaults(handler=cmd_download)
     return parser
 
 
