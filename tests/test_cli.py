@@ -24,6 +24,9 @@ SUBCOMMANDS = {
     "worker": "Luma accounts",
     "simulator": "fake of the Luma web API",
     "dev": "whole stack",
+    "batch": "manifest.jsonl",
+    "status": "counted by state",
+    "download": "completed video",
 }
 # Settings the tests must not inherit from the developer's shell.
 SETTINGS_VARIABLES = ("REDIS_URL", "LUMA_ACCOUNTS", "ACCESS_TOKEN", "SECRET_KEY", "API_PORT", "API_HOST")

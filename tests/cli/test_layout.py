@@ -24,3 +24,15 @@ def test_only_main_imports_the_subcommands_and_no_module_imports_main() -> None:
     for path in sorted(CLI.glob("*.py")):
         if path.name != "main.py":
             assert "cli.main" not in imported_modules(path), path.name
+
+
+# The terminal client of issue 11: it must work against a gateway on another machine.
+CLIENT_MODULES = ("batch.py", "client.py", "manifest.py", "progress.py", "prompts.py")
+SERVER_PACKAGES = ("api", "worker", "shared", "simulator")
+
+
+def test_the_batch_client_speaks_only_http_and_imports_no_server_code() -> None:
+    """cli/batch.py and its helpers import nothing of the api, workers, shared or simulator."""
+    for name in CLIENT_MODULES:
+        for module in imported_modules(CLI / name):
+            assert module.split(".")[0] not in SERVER_PACKAGES, f"{name} imports {module}"
