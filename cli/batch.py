@@ -68,6 +68,7 @@ DOWNLOAD_ATTEMPTS = 5
 # A video URL that answers these may have expired: ask the gateway for the generation again.
 STALE_URL_STATUSES = frozenset({401, 403, 404, 410})
 STREAM_RETRY_MAX_SECONDS = 10.0
+STATE_ORDER = {"pending": 0, "processing": 1, "completed": 2, "failed": 2}
 
 
 @dataclass(frozen=True)
@@ -225,8 +226,8 @@ class BatchRun:
             self.save()  # before anything else: these lines are now the gateway's
             self.count()
             self.poll_now.set()  # what the stream said of them before we knew their ids
-            first, last = chunk[0].line, chunk[-1].line
-            self.reporter.note(f"submitted {len(chunk)} lines ({first}-{last}) as batch {batch_id}")
+            numbers = line_ranges([entry.line for entry in chunk])
+            self.reporter.note(f"submitted {len(chunk)} lines ({numbers}) as batch {batch_id}")
             waiting = waiting[len(chunk) :]
 
     async def send(self, chunk: list[Entry], items: list[dict[str, Any]]) -> tuple[str, list[View]]:
@@ -304,6 +305,8 @@ class BatchRun:
     def observe(self, entry: Entry, view: View, *, report: bool = True) -> None:
         """A reading of one generation: note what changed, and queue its video once completed."""
         state = str(view.get("state"))
+        if STATE_ORDER.get(state, 0) < STATE_ORDER.get(entry.state or "", 0):
+            return  # a listing that left before an event we already had: states only go forward
         self.tally.saw(str(entry.id), state, view.get("queue_position"), view.get("estimate_wait_seconds"))
         url = video_url(view) if state == "completed" else None
         changed = state != entry.state or (url is not None and url != entry.video_url)
@@ -478,6 +481,17 @@ class BatchRun:
         return EXIT_OK, "\n".join(lines)
 
 
+def line_ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10": which lines, in few characters."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ", ".join(str(start) if start == end else f"{start}-{end}" for start, end in runs)
+
+
 def _smaller_chunk(refused: Refused, size: int) -> int | None:
     """A chunk the gateway refused for its size: the size it would take (None: not that)."""
     if refused.status == 413 and size > 1:
@@ -639,6 +653,7 @@ async def _download(options: Options, batch_ids: list[str], entries: list[Entry]
     """Videos are named as `batch` names them: by the manifest's line when OUT has the batch's
     manifest, else by the generation's place in its batch."""
     known = {entry.id: entry for entry in entries if entry.id}
+    line_width = max(3, len(str(max((entry.line for entry in entries), default=0))))
 
     def say(text: str) -> None:
         if not options.quiet:
@@ -656,7 +671,7 @@ async def _download(options: Options, batch_ids: list[str], entries: list[Entry]
                 for number, view in enumerate(views, 1):
                     entry = known.get(str(view.get("id")))
                     if entry is not None:
-                        name = f"{entry.line:0{max(3, width)}d}-{slugify(entry.name or entry.prompt)}.mp4"
+                        name = f"{entry.line:0{line_width}d}-{slugify(entry.name or entry.prompt)}.mp4"
                     else:
                         name = f"{number:0{width}d}-{slugify(str(view.get('prompt', '')))}.mp4"
                     state = view.get("state")

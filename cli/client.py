@@ -330,6 +330,8 @@ def _policy_limit(value: str | None) -> int | None:
 
 def _reason(error: BaseException) -> str:
     if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, ConnectionRefusedError):
+            return "connection refused"
         return error.os_error.strerror or str(error.os_error)
     if isinstance(error, TimeoutError | asyncio.TimeoutError):
         return "timed out"

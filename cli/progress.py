@@ -68,9 +68,11 @@ class Tally:
         ones still in its queue plus a typical render, or what is left at the current throughput."""
         unfinished = self.counts["waiting"] + self.counts["processing"]
         if unfinished == 0:
-            return 0.0
+            return 0.0 if sum(self.counts.values()) == self.total else None
         now = time.monotonic()
         render = statistics.median(self.render_seconds[-50:]) if self.render_seconds else None
+        if render is None and self.waits:
+            render = 0.0  # none rendered yet: the gateway's wait for the last one is what we know
         if render is not None and (self.waits or self.started):
             waits = [max(0.0, wait - (now - seen)) + render for wait, seen in self.waits.values()]
             runs = [max(0.0, render - (now - start)) for start in self.started.values()]

@@ -241,18 +241,18 @@ async def test_a_run_stopped_by_sigint_and_started_again_makes_no_line_twice(
 async def test_lines_the_upstream_fails_are_listed_with_their_reason_and_exit_1(
     gateway: Gateway, tmp_path: Path
 ) -> None:
-    """--no-wait submits and prints the batch id; following it then ends with the two lines the
-    simulator failed (seed 0: two of four) listed with their reason, exit 1, the rest downloaded."""
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("one\ntwo\nthree\nfour\n")
+    """Prompts on stdin: --no-wait submits and prints the batch id; the same command then follows
+    it to the two lines the simulator failed (seed 0: two of four) listed with their reason,
+    exit 1, and the rest downloaded."""
+    prompts = b"one\ntwo\nthree\nfour\n"
     out = tmp_path / "videos"
 
-    submitted = await run(batch_args(gateway, prompts, out, "--no-wait"), tmp_path)
+    submitted = await run(batch_args(gateway, "-", out, "--no-wait"), tmp_path, stdin=prompts)
     assert submitted.returncode == 0, submitted.stderr
     [batch_id] = {entry["batch_id"] for entry in read_manifest(out)}
     assert batch_id in submitted.stdout
 
-    result = await run(batch_args(gateway, prompts, out), tmp_path)
+    result = await run(batch_args(gateway, "-", out), tmp_path, stdin=prompts)
 
     assert result.returncode == 1, result.stdout + result.stderr
     entries = read_manifest(out)
@@ -264,6 +264,52 @@ async def test_lines_the_upstream_fails_are_listed_with_their_reason_and_exit_1(
         assert f"line {entry['line']} failed: upstream_failed" in result.stdout
     assert all((out / entry["file"]).read_bytes() == VIDEO_BYTES for entry in completed)
     assert sum(creates_per_prompt(gateway.simulator).values()) == 4
+
+
+@simulator_with(pending_seconds=0.05, processing_seconds=0.1)
+async def test_a_rerun_after_an_edit_makes_only_the_new_and_changed_lines(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """A .csv run, then a row inserted on top and one edited: two creates more; the moved rows
+    keep their generations and their videos take their new numbers."""
+    prompts = tmp_path / "shots.csv"
+    prompts.write_text(
+        "prompt,name,aspect_ratio,loop\na lighthouse,Light,16:9,yes\na harbour,,9:16,\na gull,,,no\n"
+    )
+    out = tmp_path / "out"
+    first = await run(batch_args(gateway, prompts, out, "--quiet"), tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count("\n") == 1, "--quiet prints the summary alone"
+    before = {entry["prompt"]: entry for entry in read_manifest(out)}
+    assert [entry["file"] for entry in before.values()] == [
+        "002-light.mp4",
+        "003-a-harbour.mp4",
+        "004-a-gull.mp4",
+    ]
+    made = {
+        made.prompt: (made.aspect_ratio, made.loop) for made in gateway.simulator.state.generations.values()
+    }
+    assert made == {"a lighthouse": ("16:9", True), "a harbour": ("9:16", False), "a gull": ("16:9", False)}
+
+    prompts.write_text(
+        "prompt,name,aspect_ratio,loop\nfirst of all,,,\na lighthouse,Light,16:9,yes\n"
+        "a harbour at dawn,,9:16,\na gull,,,no\n"
+    )
+    second = await run(batch_args(gateway, prompts, out), tmp_path)
+
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "submitted 2 lines (2, 4)" in second.stdout
+    assert creates_per_prompt(gateway.simulator) == {
+        "a lighthouse": 1, "a harbour": 1, "a gull": 1, "first of all": 1, "a harbour at dawn": 1
+    }  # fmt: skip
+    after = {entry["prompt"]: entry for entry in read_manifest(out)}
+    assert list(after) == ["first of all", "a lighthouse", "a harbour at dawn", "a gull"]
+    assert after["a lighthouse"]["id"] == before["a lighthouse"]["id"]
+    assert after["a gull"]["id"] == before["a gull"]["id"]
+    assert [entry["file"] for entry in after.values()] == [
+        "002-first-of-all.mp4", "003-light.mp4", "004-a-harbour-at-dawn.mp4", "005-a-gull.mp4"
+    ]  # fmt: skip
+    assert all((out / entry["file"]).read_bytes() == VIDEO_BYTES for entry in after.values())
 
 
 async def test_a_wrong_key_is_one_line_and_exit_2(gateway: Gateway, tmp_path: Path) -> None:
