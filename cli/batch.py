@@ -246,11 +246,15 @@ class BatchRun:
             raise
 
     def idempotency_key(self, chunk: list[Entry], items: list[dict[str, Any]]) -> str:
-        """The same lines, asking the same things, for the same folder: the same key."""
+        """The same lines, asking the same things, for the same folder: the same key. A retry of
+        a failed line names the generation it retries, so it is not answered by that one."""
         material = json.dumps(
             [
                 str(self.options.out.resolve()),
-                [[entry.line, item] for entry, item in zip(chunk, items, strict=True)],
+                [
+                    [entry.line, item, *([entry.retry_of] if entry.retry_of else [])]
+                    for entry, item in zip(chunk, items, strict=True)
+                ],
             ],
             sort_keys=True,
             separators=(",", ":"),
@@ -536,6 +540,11 @@ def run_batch(args: argparse.Namespace) -> int:
             lines, [fingerprint(line, digests) for line in lines], manifest.load(options.out)
         )
         manifest.place_files(options.out, entries)
+        for entry in entries:
+            entry.error = None  # a download that failed last time is tried again
+            if args.retry_failed and entry.state == "failed":
+                entry.retry_of, entry.id, entry.batch_id = entry.id, None, None
+                entry.state = entry.failure_reason = entry.failure_message = None
     except (PromptFileError, ManifestError) as error:
         return fail("batch", str(error))
     except OSError as error:

@@ -260,7 +260,7 @@ class Gateway:
                     method, self.url + path, headers=headers, **options
                 ) as response:
                     if response.status in RETRY_STATUSES and "Retry-After" not in response.headers:
-                        raise _Transient(f"{response.status} {response.reason}")
+                        raise _Transient(await _said(response))
                     if response.status >= 400:
                         await self._raise_for(response)
                     try:
@@ -310,6 +310,16 @@ class Gateway:
 
 class _Transient(Exception):
     """An answer worth asking again for (a proxy's 502, an api restarting)."""
+
+
+async def _said(response: aiohttp.ClientResponse) -> str:
+    """A short account of an error answer: its JSON message, else its status."""
+    try:
+        body = await response.json(content_type=None)
+    except ValueError:
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    return f"{message} ({response.status})" if message else f"{response.status} {response.reason}"
 
 
 def _retry_after(value: str | None) -> float | None:

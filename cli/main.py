@@ -325,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-wait", action="store_true", help="submit, print the batch id and exit")
     batch.add_argument("--no-download", action="store_true", help="follow the generations, download nothing")
     batch.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="make the lines that failed in an earlier run again (each is paid again)",
+    )
+    batch.add_argument(
         "--chunk-size",
         type=positive_int,
         default=100,

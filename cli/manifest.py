@@ -2,7 +2,8 @@
 
 One JSON object per input line: `line`, `prompt`, `id`, `state`, `failure_reason`, `video_url`,
 `file`, and what resuming needs besides (`input`, the line's fingerprint; `batch_id`; `name`;
-`failure_message`; `error`, a download that kept failing). `file` is set only once the video is
+`failure_message`; `error`, a download that kept failing; `retry_of`, the failed generation a
+--retry-failed run made this one again for). `file` is set only once the video is
 in place under OUT, so "done" is `state == "completed"` with a `file` that exists.
 
 The file is always rewritten whole, through a temporary file renamed over it, so a crash or a
@@ -46,6 +47,7 @@ class Entry:
     batch_id: str | None = None
     failure_message: str | None = None
     error: str | None = None  # why the video could not be downloaded
+    retry_of: str | None = None  # the failed generation this line's is a retry of (--retry-failed)
     # Not written: the file name this run wants for the line.
     target: str = field(default="", compare=False, repr=False)
 

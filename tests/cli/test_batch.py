@@ -243,7 +243,7 @@ async def test_lines_the_upstream_fails_are_listed_with_their_reason_and_exit_1(
 ) -> None:
     """Prompts on stdin: --no-wait submits and prints the batch id; the same command then follows
     it to the two lines the simulator failed (seed 0: two of four) listed with their reason,
-    exit 1, and the rest downloaded."""
+    exit 1, and the rest downloaded; a re-run makes nothing again, --retry-failed makes those two."""
     prompts = b"one\ntwo\nthree\nfour\n"
     out = tmp_path / "videos"
 
@@ -264,6 +264,19 @@ async def test_lines_the_upstream_fails_are_listed_with_their_reason_and_exit_1(
         assert f"line {entry['line']} failed: upstream_failed" in result.stdout
     assert all((out / entry["file"]).read_bytes() == VIDEO_BYTES for entry in completed)
     assert sum(creates_per_prompt(gateway.simulator).values()) == 4
+
+    again = await run(batch_args(gateway, "-", out), tmp_path, stdin=prompts)
+    assert again.returncode == 1 and sum(creates_per_prompt(gateway.simulator).values()) == 4
+
+    gateway.simulator.state.config.failure_rate = 0
+    retried = await run(batch_args(gateway, "-", out, "--retry-failed"), tmp_path, stdin=prompts)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    per_prompt = creates_per_prompt(gateway.simulator)
+    assert sorted(per_prompt.values()) == [1, 1, 2, 2]
+    assert {prompt for prompt, made in per_prompt.items() if made == 2} == {
+        entry["prompt"] for entry in failed
+    }
+    assert all(entry["state"] == "completed" and entry["file"] for entry in read_manifest(out))
 
 
 @simulator_with(pending_seconds=0.05, processing_seconds=0.1)
