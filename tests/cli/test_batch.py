@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from simulator.media import VIDEO_BYTES
 from simulator.testing import RunningSimulator
@@ -382,3 +385,67 @@ def test_an_unreachable_gateway_is_one_line_and_exit_2(tmp_path: Path, nothing_l
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"cannot reach the gateway at {nothing_listening}" in result.stderr
     assert result.stderr.count("\n") == 1 and KEY not in result.stderr
+
+
+class NoStreamProxy:
+    """The gateway as seen through a proxy that has no event stream (404), recording each request."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.method, request.path, dict(request.query)))
+        if request.path == "/api/generations/events":
+            raise web.HTTPNotFound()
+        headers = {name: value for name, value in request.headers.items() if name.lower() in FORWARDED}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                self.upstream + request.path_qs,
+                headers=headers,
+                data=await request.read(),
+            ) as answer,
+        ):
+            return web.Response(status=answer.status, body=await answer.read(), headers=_kept(answer.headers))
+
+
+FORWARDED = frozenset({"secret-key", "idempotency-key", "content-type"})
+
+
+def _kept(headers: Any) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if name.lower() in ("content-type", "retry-after")}
+
+
+@simulator_with(pending_seconds=0.05, processing_seconds=0.3)
+async def test_without_an_event_stream_it_follows_by_listing_ids_never_one_request_per_generation(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """Behind a gateway with no event stream, 30 lines are followed by listings of ids (at most
+    100 a request, one request a tick), never by asking for each generation."""
+    proxy = NoStreamProxy(gateway.url)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("".join(f"a kite, take {n}\n" for n in range(1, 31)))
+        out = tmp_path / "videos"
+        args = ["batch", str(prompts), "--url", str(server.make_url("")).rstrip("/"), "--key", KEY]
+        result = await run([*args, "--out", str(out)], tmp_path)
+    finally:
+        await server.close()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(list(out.glob("*.mp4"))) == 30
+    gets = [(path, query) for method, path, query in proxy.requests if method == "GET"]
+    assert ("/api/generations/events", {}) in gets
+    listings = [query for path, query in gets if path == "/api/generations"]
+    assert listings and all(0 < len(query["ids"].split(",")) <= 100 for query in listings)
+    assert not [path for path, _ in gets if path.startswith("/api/generations/") and path.count("/") == 3
+                and path != "/api/generations/events"]  # fmt: skip
+    # One listing a tick (every 2 s) while anything is unsettled: far fewer than one per generation.
+    assert len(listings) < 30
