@@ -194,27 +194,11 @@ class Gateway:
                 raise NoEventStream(f"the event stream answered {response.content_type}")
             self._answered = True
             yield CONNECTED, {}
-            event_id: str | None = None
-            kind = "message"
-            data: list[str] = []
-            async for raw in response.content:
-                line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                if not line:
-                    if data and kind == "generation" and event_id:
-                        with contextlib.suppress(ValueError):
-                            yield event_id, json.loads("\n".join(data))
-                    kind, data = "message", []
-                    continue
-                if line.startswith(":"):
-                    continue  # a comment: connected, heartbeat
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "id":
-                    event_id = value
-                elif name == "event":
-                    kind = value
-                elif name == "data":
-                    data.append(value)
+            try:
+                async for event in _parse_stream(response.content):
+                    yield event
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                raise Unreachable(f"the event stream broke off: {_reason(error)}") from None
 
     async def download(self, url: str, destination: Path) -> int:
         """The video at `url` into `destination`, through a temporary file renamed at the end, so
@@ -306,6 +290,31 @@ class Gateway:
                 _policy_limit(response.headers.get("RateLimit-Policy")),
             )
         raise Refused(response.status, code, message, body)
+
+
+async def _parse_stream(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, View]]:
+    """Server-Sent Events: each `generation` event's id and data, as the lines come in."""
+    event_id: str | None = None
+    kind = "message"
+    data: list[str] = []
+    async for raw in content:
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if not line:
+            if data and kind == "generation" and event_id:
+                with contextlib.suppress(ValueError):
+                    yield event_id, json.loads("\n".join(data))
+            kind, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue  # a comment: connected, heartbeat
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "id":
+            event_id = value
+        elif name == "event":
+            kind = value
+        elif name == "data":
+            data.append(value)
 
 
 class _Transient(Exception):
