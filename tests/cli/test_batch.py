@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,6 +146,8 @@ async def test_fifty_prompts_end_as_fifty_videos_and_a_rerun_makes_nothing_again
     names = sorted(entry["file"] for entry in entries)
     assert sorted(path.name for path in out.iterdir()) == [*names, "manifest.jsonl"]
     assert "line 3: completed" in first.stdout and "50 downloaded" in first.stdout
+    plain = re.compile(r"line \d+: (\w+|downloaded \S+\.mp4) \[\d+/50 done\]|submitted .+|50 lines: .+")
+    assert all(plain.fullmatch(line) for line in first.stdout.splitlines()), first.stdout
     assert all(count == 1 for count in creates_per_prompt(gateway.simulator).values())
     assert sum(creates_per_prompt(gateway.simulator).values()) == 50
 
