@@ -485,6 +485,9 @@ def banner(running: Running, settings: Settings, log_dir: Path) -> str:
             f"  curl -sS {url}/api/generations/usage{header}",
             f"  curl -sS -X POST {url}/api/generations/upload{header} -F file=@examples/fox.png",
             f"  curl -sS {url}/api/admin/accounts{admin}",
+            "",
+            "A file of prompts (one a line) in, a folder of videos out:",
+            f"  luma-queue batch prompts.txt --url {url}{' --key ' + key if key else ''} --out videos/",
             rule,
         ]
     )

@@ -186,7 +186,7 @@ def resolve_images(lines: list[PromptLine], base: Path) -> dict[str, Path]:
         for image in line.images():
             if is_url(image) or image in local:
                 continue
-            path = (base / image).expanduser()
+            path = base / Path(image).expanduser()  # an absolute one stays as it is
             if not path.is_file():
                 raise PromptFileError(f"line {line.line}: image {image!r} is not a file (nor an http(s) URL)")
             local[image] = path
