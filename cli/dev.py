@@ -460,6 +460,7 @@ def banner(running: Running, settings: Settings, log_dir: Path) -> str:
     admin_note = "from ADMIN_KEY" if settings.admin_key else "the dev default; set ADMIN_KEY to change it"
     url = running.api_url
     admin = f" -H 'Secret-Key: {running.admin_key}'"
+    batch_key = f" --key {key}" if key else ""
     rule = "=" * 78
     return "\n".join(
         [
@@ -486,8 +487,8 @@ def banner(running: Running, settings: Settings, log_dir: Path) -> str:
             f"  curl -sS -X POST {url}/api/generations/upload{header} -F file=@examples/fox.png",
             f"  curl -sS {url}/api/admin/accounts{admin}",
             "",
-            "A file of prompts (one a line) in, a folder of videos out:",
-            f"  luma-queue batch prompts.txt --url {url}{' --key ' + key if key else ''} --out videos/",
+            "A file of prompts in, a folder of videos out (examples/shots.jsonl: with an image):",
+            f"  luma-queue batch examples/prompts.txt --url {url}{batch_key} --out videos/",
             rule,
         ]
     )
