@@ -127,6 +127,7 @@ def test_dev_refuses_a_taken_redis_port(tmp_path: Path) -> None:
         result = luma_queue(
             "dev", "--redis-port", str(port), cwd=tmp_path,
             LUMA_ACCOUNTS='[{"name": "a", "cookie": "access_token=x"}]', API_PORT=str(api_port),
+            WORKER_METRICS_PORT=str(free_port()),
         )  # fmt: skip
     assert result.returncode == 1
     assert f"port {port}" in result.stderr

@@ -105,7 +105,7 @@ class DevStack:
     """`luma-queue dev` in a temp directory, on free ports, with a quick simulator."""
 
     def __init__(self, cwd: Path) -> None:
-        redis_port, self.simulator_port, self.api_port = free_ports(3)
+        redis_port, self.simulator_port, self.api_port, worker_metrics_port = free_ports(4)
         self.output_path = cwd / "dev.out"
         env = {name: value for name, value in os.environ.items() if name not in SETTINGS_VARIABLES}
         with self.output_path.open("wb") as output:
@@ -114,7 +114,13 @@ class DevStack:
                  "--simulator-port", str(self.simulator_port), "--sim-pending-seconds", "0.5",
                  "--sim-processing-seconds", "1", "--stop-timeout", "10"],
                 cwd=cwd,
-                env={**env, "API_PORT": str(self.api_port), "PYTHONPATH": str(ROOT)},
+                # The worker's metrics on a free port too: `make dev`'s 9100 may be another stack's.
+                env={
+                    **env,
+                    "API_PORT": str(self.api_port),
+                    "WORKER_METRICS_PORT": str(worker_metrics_port),
+                    "PYTHONPATH": str(ROOT),
+                },
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
