@@ -20,12 +20,22 @@ RECORD_KEYS = {"generation", "owner_index", "owner_state_index", "batch_index", 
 RECORD_KEY_TEXT = keys.generation("")
 
 
+def _parse(source: str) -> ast.Module:
+    # CPython 3.11's AST conversion can raise "SystemError: AST constructor recursion depth
+    # mismatch" spuriously (gh-106905, fixed in later releases): seen once here on a loaded
+    # machine for a file that parsed on the next try. A second try tells it from a real error.
+    try:
+        return ast.parse(source)
+    except SystemError:
+        return ast.parse(source)
+
+
 def violations(source: str, path: str) -> list[str]:
     """Where `source` (the file at `path`) reaches a record's key without going through the store."""
     if path == STORE:
         return []
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(_parse(source)):
         if (
             isinstance(node, ast.Attribute)
             and node.attr in RECORD_KEYS
