@@ -51,7 +51,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     client = redis_client(settings)
     app[REDIS] = client
-    app[STORE] = generation_store(client, settings)
+    app[STORE] = generation_store(client, settings, keep_finished=True)
     app[REGISTRY] = AccountRegistry(client)
     app[EVENTS] = EventLog(client)
     app[WEBHOOKS] = webhook_store(client, settings)

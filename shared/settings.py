@@ -235,6 +235,10 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)
     list_max_limit: int = Field(default=100, ge=1)
     record_retention_days: float = Field(default=30.0, gt=0)
+    # Each api process keeps this many finished (completed or failed) records in memory, for
+    # this long: they never change again, so their detail needs no Redis read. 0 turns it off.
+    finished_cache_entries: int = Field(default=10_000, ge=0)
+    finished_cache_seconds: float = Field(default=60.0, gt=0)
     # The event log (shared/events.py): every transition, kept to about this many entries; the
     # default holds a week at 1,000 generations an hour (about six transitions each).
     event_log_max_len: int = Field(default=1_000_000, ge=1000)

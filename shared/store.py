@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -584,6 +585,37 @@ def _encode_fields(fields: dict[str, Any]) -> str:
     return json.dumps(encoded, separators=(",", ":"))
 
 
+class FinishedRecords:
+    """Finished records kept in memory: no transition leaves a terminal phase (shared/states.py),
+    so a completed or failed record is the same on every read until retention drops it. Bounded in
+    entries (least recently read go first) and in age, so a record retention dropped is still
+    answered for at most `seconds`."""
+
+    def __init__(self, entries: int, seconds: float) -> None:
+        self.entries = entries
+        self.seconds = seconds
+        self._kept: OrderedDict[str, tuple[float, GenerationRecord]] = OrderedDict()
+
+    def get(self, gen_id: str) -> GenerationRecord | None:
+        kept = self._kept.get(gen_id)
+        if kept is None:
+            return None
+        until, record = kept
+        if time.monotonic() > until:
+            del self._kept[gen_id]
+            return None
+        self._kept.move_to_end(gen_id)
+        return record
+
+    def keep(self, record: GenerationRecord) -> None:
+        if not record.terminal or not self.entries:
+            return
+        self._kept[record.id] = (time.monotonic() + self.seconds, record)
+        self._kept.move_to_end(record.id)
+        while len(self._kept) > self.entries:
+            self._kept.popitem(last=False)
+
+
 class GenerationStore:
     def __init__(
         self,
@@ -593,8 +625,11 @@ class GenerationStore:
         default_generation_seconds: float,
         event_log_max_len: int = 1_000_000,
         holder_events_max_len: int = 10_000,
+        finished: FinishedRecords | None = None,
     ) -> None:
         self.redis = redis
+        # The api's reads of one generation (`get`) use it; writers and lists always read Redis.
+        self.finished = finished
         self.retention_seconds = retention_seconds
         self.default_generation_seconds = default_generation_seconds
         self.lua_library = _LIBRARY % {
@@ -860,8 +895,15 @@ class GenerationStore:
         return list(await self.redis.mget([keys.upstream(upstream_id) for upstream_id in upstream_ids]))
 
     async def get(self, gen_id: str) -> GenerationRecord | None:
+        if self.finished is not None and (kept := self.finished.get(gen_id)) is not None:
+            return kept
         raw = await self.redis.get(keys.generation(gen_id))
-        return GenerationRecord.model_validate_json(raw) if raw else None
+        if not raw:
+            return None
+        record = GenerationRecord.model_validate_json(raw)
+        if self.finished is not None:
+            self.finished.keep(record)
+        return record
 
     async def get_owned(self, owner: str, gen_id: str) -> GenerationRecord | None:
         """A record only if it belongs to `owner`: another holder's id reads as unknown."""
@@ -957,14 +999,19 @@ def _transition_result(gen_id: str, to: Phase, answer: list[Any]) -> Transition:
     return result
 
 
-def generation_store(redis: Redis, settings: Settings) -> GenerationStore:
-    """The store as a process's settings configure it."""
+def generation_store(redis: Redis, settings: Settings, *, keep_finished: bool = False) -> GenerationStore:
+    """The store as a process's settings configure it; `keep_finished`: the api's, which keeps
+    finished records in memory (FINISHED_CACHE_ENTRIES)."""
+    finished = None
+    if keep_finished and settings.finished_cache_entries:
+        finished = FinishedRecords(settings.finished_cache_entries, settings.finished_cache_seconds)
     return GenerationStore(
         redis,
         retention_seconds=settings.record_retention_seconds,
         default_generation_seconds=settings.default_generation_seconds,
         event_log_max_len=settings.event_log_max_len,
         holder_events_max_len=settings.holder_events_max_len,
+        finished=finished,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,7 @@ from shared import keys
 from shared.accounts import AccountRegistry
 from shared.models import CreateRequest, GenerationRecord, Phase
 from shared.settings import AccountConfig
-from shared.store import GenerationStore, QueueFull, views
+from shared.store import FinishedRecords, GenerationStore, QueueFull, views
 
 
 @pytest_asyncio.fixture
@@ -116,3 +117,31 @@ async def test_a_generation_claimed_between_write_and_read_shows_no_wait(store: 
     [shown] = views([record], await store.places([record]))
     assert shown["queue_position"] is None
     assert shown["estimate_wait_seconds"] == 0.0
+
+
+async def test_finished_records_are_answered_from_memory_within_their_bounds(redis_url: str) -> None:
+    """A finished record is read from Redis once, then from memory, within its entry and age
+    bounds; a record still under way is read from Redis every time."""
+    client = Redis.from_url(redis_url, decode_responses=True)
+    finished = FinishedRecords(entries=2, seconds=0.5)
+    cached = GenerationStore(
+        client, retention_seconds=3600, default_generation_seconds=100, finished=finished
+    )
+    try:
+        waiting, *ended = await enqueue(cached, "carol", 4)
+        for record in ended:
+            moved = await cached.transition(record.id, Phase.FAILED, failure_reason="cancelled")
+            assert moved.ok
+        for record in [waiting, *ended]:
+            found = await cached.get(record.id)
+            assert found is not None and found.id == record.id
+        # Gone from Redis: only what memory kept still answers.
+        await client.delete(*(keys.generation(record.id) for record in [waiting, *ended]))
+        assert await cached.get(waiting.id) is None  # under way: never kept
+        assert await cached.get(ended[0].id) is None  # the least recently read, past 2 entries
+        kept = [await cached.get(record.id) for record in ended[1:]]
+        assert [record.phase if record else None for record in kept] == [Phase.FAILED, Phase.FAILED]
+        await asyncio.sleep(0.6)
+        assert await cached.get(ended[2].id) is None  # past its age
+    finally:
+        await client.aclose()
