@@ -12,10 +12,10 @@ Callers see only the seed's four public states; a phase is finer, and says what 
     submitting         pending     an intent: the create may exist   the upstream id, or proof of none
     queued_upstream    pending     an upstream id, Luma's own queue  the upstream starting or ending it
     processing         processing  an upstream id, rendering         the upstream ending it
-
-(A created generation goes back to waiting only when its account is removed with force.)
     completed          completed   a video URL                       (terminal)
     failed             failed      a failure_reason                  (terminal)
+
+(A created generation goes back to waiting only when its account is removed with force.)
 """
 
 from __future__ import annotations

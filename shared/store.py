@@ -188,6 +188,17 @@ local function lq_account_key(name) return %(account_key)s end
 local function lq_leases_key(name) return %(leases_key)s end
 local function lq_wait_queue_key(owner) return %(wait_queue_key)s end
 
+-- Make `id` (already `waiting`) its owner's next generation: first in the owner's queue and in
+-- wait:all, and the owner in the round robin (wait:owners, at the current turn) if it was not.
+local function lq_queue_front(queue, all, owners, turn, id, owner)
+  local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  local score = 0
+  if head[2] then score = tonumber(head[2]) - 1 end
+  redis.call('ZADD', queue, score, id)
+  redis.call('ZADD', all, score, id)
+  redis.call('ZADD', owners, 'NX', redis.call('GET', turn) or '0', owner)
+end
+
 -- Slots of the active accounts among `names`, and how many of them are free now.
 local function lq_slots(names, now_ms)
   local total, free = 0, 0
@@ -448,13 +459,7 @@ for _, id in ipairs(ids) do
   local moved = lq_transition(id, 'waiting', from, nil, cleared)
   if moved[1] == 'ok' then
     local owner = cjson.decode(moved[3]).owner
-    local queue = lq_wait_queue_key(owner)
-    local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
-    local score = 0
-    if head[2] then score = tonumber(head[2]) - 1 end
-    redis.call('ZADD', queue, score, id)
-    redis.call('ZADD', KEYS[11], score, id)
-    redis.call('ZADD', KEYS[12], 'NX', redis.call('GET', KEYS[13]) or '0', owner)
+    lq_queue_front(lq_wait_queue_key(owner), KEYS[11], KEYS[12], KEYS[13], id, owner)
     table.insert(rerouted, id)
   end
 end

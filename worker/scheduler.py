@@ -203,12 +203,7 @@ local moved = lq_transition(ARGV[1], 'waiting', {claimed = true, submitting = tr
 if moved[1] == 'fenced' then return -1 end
 give_back_slot()
 if moved[1] ~= 'ok' then return 0 end
-local head = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
-local score = 0
-if head[2] then score = tonumber(head[2]) - 1 end
-redis.call('ZADD', KEYS[6], score, ARGV[1])
-redis.call('ZADD', KEYS[7], score, ARGV[1])
-redis.call('ZADD', KEYS[8], 'NX', redis.call('GET', KEYS[9]) or '0', ARGV[3])
+lq_queue_front(KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[10], ARGV[1], ARGV[4]) end
 return 1
 """
