@@ -75,11 +75,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 def _accounts_check(accounts: list[AccountView]) -> dict[str, object]:
-    usable = [
-        account.name
-        for account in accounts
-        if account.state == AccountState.ACTIVE and not account.breaker_open
-    ]
+    usable = [account.name for account in accounts if account.usable]
     if usable:
         return {"ok": True, "detail": f"{len(usable)} of {len(accounts)} accounts can take work"}
     if not accounts:

@@ -164,8 +164,7 @@ async def pool_families(request: web.Request) -> list[Metric]:
         for name in AccountState:
             state.add_metric([account.name, name.value], 1 if account.state == name.value else 0)
         cooling.add_metric([account.name], 1 if account.cooling else 0)
-        active = account.state == AccountState.ACTIVE and not account.breaker_open
-        usable.add_metric([account.name], 1 if active else 0)
+        usable.add_metric([account.name], 1 if account.usable else 0)
     return [depth, by_holder, in_flight, limit, available, state, cooling, usable, *_tally_families(tally)]
 
 

@@ -100,6 +100,11 @@ class AccountView(BaseModel):
     creates_per_minute: int | None
     creates_last_minute: int
 
+    @property
+    def usable(self) -> bool:
+        """It can take work now, as Account.usable says of the account itself."""
+        return self.state == AccountState.ACTIVE and not self.breaker_open
+
 
 def _config_hash(config: AccountConfig) -> str:
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
