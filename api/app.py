@@ -83,7 +83,7 @@ async def _arq(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_context, metrics.http_metrics, preflight, body_deadline, error_middleware],
+        middlewares=[request_context, preflight, body_deadline, error_middleware],
         client_max_size=settings.upload_max_bytes + CLIENT_MAX_SIZE_MARGIN,
     )
     app[SETTINGS] = settings

@@ -2,7 +2,7 @@
 
 Two kinds of series:
 - this process's own, kept in memory by prometheus-client: HTTP requests by route template,
-  method and status, and their latency (the `http_metrics` middleware);
+  method and status, and their latency (observed by the request log's middleware);
 - the pool's, read from Redis at scrape time, the same whichever api process answers: queue
   depth (total and per key holder), each account's state, slots in use and limit, capacity left,
   and the outcomes of generations folded from the event log (shared/tally.py).
@@ -17,15 +17,12 @@ METRICS_KEY, when set, is required as `Authorization: Bearer <key>`; unset, /met
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import os
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -41,7 +38,6 @@ from api.appkeys import REDIS, SETTINGS, STORE
 from api.appkeys import REGISTRY as ACCOUNTS
 from api.auth import KEYRING
 from api.errors import Unauthorized
-from api.middleware import CLIENT_CLOSED
 from api.processes import MULTIPROC_ENV
 from shared import keys
 from shared.health import AccountState
@@ -70,26 +66,14 @@ def _route(request: web.Request) -> str:
     return resource.canonical
 
 
-@web.middleware
-async def http_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time every request by its route's template (never its path: ids are unbounded)."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status = CLIENT_CLOSED  # as the request log says it
-        raise
-    finally:
-        route = _route(request)
-        method = request.method if request.method in _METHODS else "other"
-        HTTP_REQUESTS.labels(route, method, str(status)).inc()
-        HTTP_DURATION.labels(route, method).observe(time.perf_counter() - started)
+def observe_request(request: web.Request, status: int, seconds: float) -> None:
+    """Count and time one answered request by its route's template (never its path: ids are
+    unbounded). Called by the request log's middleware (api/middleware.py), which already knows
+    the status and the time, so no second middleware wraps every request for it."""
+    route = _route(request)
+    method = request.method if request.method in _METHODS else "other"
+    HTTP_REQUESTS.labels(route, method, str(status)).inc()
+    HTTP_DURATION.labels(route, method).observe(seconds)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

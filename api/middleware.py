@@ -1,5 +1,5 @@
-"""What every request and response gets: a request id, one log line, a deadline for its body, and
-the CORS headers for the browser origins CORS_ORIGINS allows (none unless set)."""
+"""What every request and response gets: a request id, one log line (and its HTTP metrics), a
+deadline for its body, and the CORS headers for the browser origins CORS_ORIGINS allows (none unless set)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 
 from api.appkeys import SETTINGS
 from api.errors import BodyTimeout, ForbiddenOrigin, render
+from api.metrics import observe_request
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -72,12 +73,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             status = CLIENT_CLOSED
             raise
         finally:
+            seconds = time.perf_counter() - started
+            observe_request(request, status, seconds)
             log.info(
                 "request",
                 method=request.method,
                 path=_loggable(request.path),
                 status=status,
-                ms=round((time.perf_counter() - started) * 1000, 1),
+                ms=round(seconds * 1000, 1),
             )
 
 
