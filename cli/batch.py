@@ -53,7 +53,6 @@ from cli.prompts import (
     is_url,
     read_prompts,
     resolve_images,
-    slugify,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -662,7 +661,7 @@ async def _download(options: Options, batch_ids: list[str], entries: list[Entry]
     """Videos are named as `batch` names them: by the manifest's line when OUT has the batch's
     manifest, else by the generation's place in its batch."""
     known = {entry.id: entry for entry in entries if entry.id}
-    line_width = max(3, len(str(max((entry.line for entry in entries), default=0))))
+    line_width = manifest.number_width(max((entry.line for entry in entries), default=0))
 
     def say(text: str) -> None:
         if not options.quiet:
@@ -676,13 +675,13 @@ async def _download(options: Options, batch_ids: list[str], entries: list[Entry]
                 views = await gateway.batch(batch_id)
                 if not views:
                     return fail("download", f"no batch {batch_id!r} for this key")
-                width = max(3, len(str(len(views))))
+                width = manifest.number_width(len(views))
                 for number, view in enumerate(views, 1):
                     entry = known.get(str(view.get("id")))
                     if entry is not None:
-                        name = f"{entry.line:0{line_width}d}-{slugify(entry.name or entry.prompt)}.mp4"
+                        name = manifest.file_name(entry.line, entry.name or entry.prompt, line_width)
                     else:
-                        name = f"{number:0{width}d}-{slugify(str(view.get('prompt', '')))}.mp4"
+                        name = manifest.file_name(number, str(view.get("prompt", "")), width)
                     state = view.get("state")
                     if state == "failed":
                         failed.append(

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cli.prompts import PromptLine
+from cli.prompts import PromptLine, slugify
 
 MANIFEST_NAME = "manifest.jsonl"
 UPLOADS_NAME = ".uploads.json"
@@ -61,12 +61,14 @@ class Entry:
         return data
 
 
-def file_name(line: PromptLine, width: int) -> str:
-    return f"{line.line:0{width}d}-{line.slug()}.mp4"
+def file_name(number: int, title: str, width: int) -> str:
+    """OUT/<number, zero-padded to `width`>-<slug of the title>.mp4."""
+    return f"{number:0{width}d}-{slugify(title)}.mp4"
 
 
-def number_width(lines: list[PromptLine]) -> int:
-    return max(3, len(str(max(line.line for line in lines))))
+def number_width(largest: int) -> int:
+    """Digits for the numbers of a file's lines (at least 3), so that the names sort."""
+    return max(3, len(str(largest)))
 
 
 def load(out: Path) -> list[Entry]:
@@ -100,7 +102,7 @@ def match(lines: list[PromptLine], fingerprints: list[str], previous: list[Entry
     by_input: dict[str, list[Entry]] = defaultdict(list)
     for entry in previous:
         by_input[entry.input].append(entry)
-    width = number_width(lines)
+    width = number_width(max(line.line for line in lines))
     chosen: dict[int, Entry] = {}
     # Pass 1: same request on the same line; pass 2: the same request that moved.
     for same_line in (True, False):
@@ -117,7 +119,7 @@ def match(lines: list[PromptLine], fingerprints: list[str], previous: list[Entry
     for index, (line, digest) in enumerate(zip(lines, fingerprints, strict=True)):
         entry = chosen.get(index) or Entry(line=line.line, prompt=line.prompt, input=digest)
         entry.line, entry.prompt, entry.name, entry.input = line.line, line.prompt, line.name, digest
-        entry.target = file_name(line, width)
+        entry.target = file_name(line.line, line.name or line.prompt, width)
         entries.append(entry)
     return entries
 

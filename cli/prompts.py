@@ -51,9 +51,6 @@ class PromptLine:
     def images(self) -> list[str]:
         return [image for image in (self.image, self.image_end) if image]
 
-    def slug(self) -> str:
-        return slugify(self.name or self.prompt)
-
 
 def is_url(image: str) -> bool:
     return image.lower().startswith(("http://", "https://"))
