@@ -22,14 +22,13 @@ from redis.exceptions import WatchError
 
 from shared import keys
 from shared.events import GenerationEvent, parse_entry
-from shared.states import Phase
+from shared.states import TERMINAL_PHASES
 from shared.store import GenerationStore
 
 CHUNK = 1000
 MAX_ENTRIES_PER_SCRAPE = 20_000
 # Create to completed or failed, in seconds: from a fast simulator run to a long Luma queue.
 DURATION_BUCKETS: tuple[float, ...] = (5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, math.inf)
-TERMINAL = (Phase.COMPLETED, Phase.FAILED)
 
 ACCEPTED = "accepted"
 FINISHED = "finished:"  # finished:{state}:{reason}
@@ -102,7 +101,7 @@ class EventTally:
                 continue
             if event.from_phase is None:
                 increments[ACCEPTED] = increments.get(ACCEPTED, 0) + 1
-            if event.to_phase in TERMINAL and event.from_phase not in TERMINAL:
+            if event.to_phase in TERMINAL_PHASES and event.from_phase not in TERMINAL_PHASES:
                 name = f"{FINISHED}{event.state}:{event.failure_reason or ''}"
                 increments[name] = increments.get(name, 0) + 1
                 ended.append(event)
